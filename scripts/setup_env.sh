@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the build needs, idempotently:
+#  - Debian packages (only those missing),
+#  - a Python virtual environment outside the clone, keyed by the hash of requirements.txt,
+#    so every clone on this machine reuses it; linked into the clone as .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_pkgs=(cmake ninja-build g++ make libgtest-dev python3-venv)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[setup] installing Debian packages: ${missing[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+python=${LONGATTN_PYTHON:-python3}
+key=$( (cat requirements.txt; "$python" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-12)
+root=${LONGATTN_ENV_ROOT:-$HOME/.cache/longattn}
+venv="$root/venv-$key"
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
+  echo "[setup] creating Python environment $venv (first time only; torch is a large download)"
+  mkdir -p "$root"
+  tmp="$venv.tmp.$$"
+  rm -rf "$tmp"
+  "$python" -m venv "$tmp"
+  "$tmp/bin/python" -m pip install -q --upgrade pip
+  "$tmp/bin/python" -m pip install -q -r requirements.txt
+  touch "$tmp/.complete"
+  rm -rf "$venv"
+  mv "$tmp" "$venv"
+  # venv scripts carry absolute paths; fix them after the move
+  grep -rlI "$tmp" "$venv/bin" | xargs -r sed -i "s#$tmp#$venv#g"
+fi
+if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
+  rm -rf .venv
+  ln -s "$venv" .venv
+fi
