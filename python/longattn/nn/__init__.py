@@ -1,0 +1,4 @@
+"""Attention modules built from the longattn operators."""
+from .shatter import Shatter, ShatterPartition  # noqa: F401
+
+__all__ = ["Shatter", "ShatterPartition"]
