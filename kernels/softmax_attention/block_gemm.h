@@ -1,0 +1,122 @@
+// The small GEMM of the attention tiles: C[m x n] = alpha * A B (+ C), single-threaded, no
+// allocation, safe to call from many threads at once.
+//
+// Why not kernels::gemm: Debian's serial OpenBLAS 0.3.21 gives wrong results when two threads
+// call it at the same time (reproduced: concurrent cblas_sgemm calls from the two OpenMP threads
+// of the forward return corrupted tiles, rarely but repeatably), and every tile GEMM here runs
+// inside parallel_for. Owning the micro-kernel also lets A be read through arbitrary strides,
+// so transposed operands need no packing.
+//
+// A(i, p) = A[i * a_rs + p * a_cs] (any strides: row-major, or transposed with a_rs = 1);
+// B is row-major [k, n] with row stride ldb, its rows contiguous; C has row stride ldc.
+#pragma once
+#include <cstdint>
+
+#include "kernels/common/simd.h"
+
+namespace longattn::kernels::softmax_attention_detail {
+
+// Portable version (double, and float without AVX-512): the innermost loop runs over n,
+// contiguous in B and C, so the compiler vectorises it.
+template <class T>
+void block_gemm_generic(int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t a_rs,
+                        int64_t a_cs, const T* B, int64_t ldb, bool accumulate, T* C,
+                        int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i) {
+    T* c = C + i * ldc;
+    if (!accumulate)
+      for (int64_t j = 0; j < n; ++j) c[j] = T(0);
+    for (int64_t p = 0; p < k; ++p) {
+      const T a = alpha * A[i * a_rs + p * a_cs];
+      const T* b = B + p * ldb;
+      for (int64_t j = 0; j < n; ++j) c[j] += a * b[j];
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+// Register tile: MR rows x NV vectors of 16 floats, kept in zmm accumulators over the whole
+// k loop (MR * NV <= 24 of the 32 registers). Each step loads NV vectors of B and broadcasts
+// MR scalars of A: 24 FMAs against 10 loads at the full 6 x 4 tile.
+template <int MR, int NV>
+inline void micro_tile(int64_t k, float alpha, const float* A, int64_t a_rs, int64_t a_cs,
+                       const float* B, int64_t ldb, bool accumulate, float* C, int64_t ldc,
+                       __mmask16 last) {
+  __m512 acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; ++p) {
+    const float* b = B + p * ldb;
+    __m512 bv[NV];
+    for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);
+    bv[NV - 1] = _mm512_maskz_loadu_ps(last, b + 16 * (NV - 1));
+    const float* a = A + p * a_cs;
+    for (int r = 0; r < MR; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[r * a_rs]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+    }
+  }
+  const __m512 al = _mm512_set1_ps(alpha);
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) {
+      float* c = C + r * ldc + 16 * v;
+      const __mmask16 mk = v == NV - 1 ? last : __mmask16(0xFFFF);
+      __m512 x = _mm512_mul_ps(acc[r][v], al);
+      if (accumulate) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mk, c));
+      _mm512_mask_storeu_ps(c, mk, x);
+    }
+}
+
+template <int MR>
+inline void micro_row(int nv, int64_t k, float alpha, const float* A, int64_t a_rs, int64_t a_cs,
+                      const float* B, int64_t ldb, bool acc, float* C, int64_t ldc,
+                      __mmask16 last) {
+  switch (nv) {
+    case 1: return micro_tile<MR, 1>(k, alpha, A, a_rs, a_cs, B, ldb, acc, C, ldc, last);
+    case 2: return micro_tile<MR, 2>(k, alpha, A, a_rs, a_cs, B, ldb, acc, C, ldc, last);
+    case 3: return micro_tile<MR, 3>(k, alpha, A, a_rs, a_cs, B, ldb, acc, C, ldc, last);
+    default: return micro_tile<MR, 4>(k, alpha, A, a_rs, a_cs, B, ldb, acc, C, ldc, last);
+  }
+}
+
+inline void block_gemm(int64_t m, int64_t n, int64_t k, float alpha, const float* A,
+                       int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, bool accumulate,
+                       float* C, int64_t ldc) {
+  constexpr int64_t MR = 6, NR = 64;
+  // Column panels of 64 outer, so the k x 64 panel of B stays in L1 across the row tiles.
+  for (int64_t j0 = 0; j0 < n; j0 += NR) {
+    const int64_t nj = n - j0 < NR ? n - j0 : NR;
+    const int nv = static_cast<int>((nj + 15) / 16);
+    const __mmask16 last = simd::tail_mask(nj - 16 * (nv - 1));
+    const float* b = B + j0;
+    int64_t i = 0;
+    for (; i + MR <= m; i += MR)
+      micro_row<MR>(nv, k, alpha, A + i * a_rs, a_rs, a_cs, b, ldb, accumulate, C + i * ldc + j0,
+                    ldc, last);
+    const float* a = A + i * a_rs;
+    float* c = C + i * ldc + j0;
+    switch (m - i) {
+      case 1: micro_row<1>(nv, k, alpha, a, a_rs, a_cs, b, ldb, accumulate, c, ldc, last); break;
+      case 2: micro_row<2>(nv, k, alpha, a, a_rs, a_cs, b, ldb, accumulate, c, ldc, last); break;
+      case 3: micro_row<3>(nv, k, alpha, a, a_rs, a_cs, b, ldb, accumulate, c, ldc, last); break;
+      case 4: micro_row<4>(nv, k, alpha, a, a_rs, a_cs, b, ldb, accumulate, c, ldc, last); break;
+      case 5: micro_row<5>(nv, k, alpha, a, a_rs, a_cs, b, ldb, accumulate, c, ldc, last); break;
+      default: break;
+    }
+  }
+}
+#else
+inline void block_gemm(int64_t m, int64_t n, int64_t k, float alpha, const float* A,
+                       int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, bool accumulate,
+                       float* C, int64_t ldc) {
+  block_gemm_generic(m, n, k, alpha, A, a_rs, a_cs, B, ldb, accumulate, C, ldc);
+}
+#endif
+
+inline void block_gemm(int64_t m, int64_t n, int64_t k, double alpha, const double* A,
+                       int64_t a_rs, int64_t a_cs, const double* B, int64_t ldb, bool accumulate,
+                       double* C, int64_t ldc) {
+  block_gemm_generic(m, n, k, alpha, A, a_rs, a_cs, B, ldb, accumulate, C, ldc);
+}
+
+}  // namespace longattn::kernels::softmax_attention_detail

@@ -1,0 +1,119 @@
+// Forward of fused exact softmax attention (FlashAttention-style online softmax).
+//
+// Work items are (batch, head, query block), so B = 1 with a few heads still fills every
+// thread. Each item packs its queries transposed once, then walks the key blocks: the score
+// tile S^T = K Q^T (keys as rows, queries along the vector lanes) by the block GEMM, the logits
+// finished in place (bias, masks), the running per-query max and sum updated column-wise, S^T
+// turned into probabilities by a vectorised exp2, and O += P V. No N x N buffer exists.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/common/parallel.h"
+#include "kernels/common/simd.h"
+#include "kernels/softmax_attention/block_gemm.h"
+#include "kernels/softmax_attention/softmax_attention.h"
+#include "kernels/softmax_attention/tiles.h"
+
+namespace longattn::kernels {
+
+namespace {
+namespace sa = softmax_attention_detail;
+
+// Per-thread scratch: the score tile, the output accumulator and the running statistics.
+template <class T>
+struct ForwardScratch {
+  sa::Scratch<T> Qt, St, O, m, l, shift, sum;
+  void reserve(int64_t D, int64_t Dv) {
+    Qt.resize(D * sa::kBlockQ);
+    St.resize(sa::kBlockK * sa::kBlockQ);
+    O.resize(sa::kBlockQ * Dv);
+    for (auto* v : {&m, &l, &shift, &sum}) v->resize(sa::kBlockQ);
+  }
+};
+
+}  // namespace
+
+template <class T>
+void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, T* lse) {
+  const int64_t B = p.q.B, H = p.q.H, Nq = p.q.N, Nk = p.k.N, D = p.q.D, Dv = p.v.D;
+  if (B == 0 || H == 0 || Nq == 0) return;
+  const int64_t nqb = sa::ceil_div(Nq, sa::kBlockQ), nkb = sa::ceil_div(Nk, sa::kBlockK);
+  const sa::KeyMask<T> mask(p.key_padding_mask, p.mask_stride_b, B, Nk, sa::kBlockK);
+  const T qk_scale = T(p.scale * sa::kLog2e);
+
+  const int threads = p.threads > 0 ? p.threads : omp_get_max_threads();
+  std::vector<ForwardScratch<T>> scratch(static_cast<size_t>(threads));
+
+  const std::vector<T> rbias = sa::reversed_bias(p.rel_bias, p.rel_bias_stride_h, H, Nq);
+  constexpr int64_t ld = sa::kBlockQ;  // row stride of Q^T and of the score tile
+
+  parallel_for(B * H * nqb, threads, [&](int64_t item) {
+    const int64_t qb = item % nqb, h = (item / nqb) % H, b = item / (nqb * H);
+    const int64_t i0 = qb * sa::kBlockQ, ni = std::min(sa::kBlockQ, Nq - i0);
+    ForwardScratch<T>& ws = scratch[static_cast<size_t>(thread_index())];
+    ws.reserve(D, Dv);
+    T *Qt = ws.Qt.data(), *St = ws.St.data(), *O = ws.O.data(), *m = ws.m.data(),
+      *l = ws.l.data(), *shift = ws.shift.data(), *sum = ws.sum.data();
+    for (int64_t c = 0; c < ni; ++c) {
+      const T* q = p.q.row(b, h, i0 + c);
+      for (int64_t d = 0; d < D; ++d) Qt[d * ld + c] = q[d];
+    }
+    std::fill_n(O, ni * Dv, T(0));
+    std::fill_n(m, ni, T(-INFINITY));
+    std::fill_n(l, ni, T(0));
+    const T* rb_h = rbias.empty() ? nullptr : rbias.data() + h * (2 * Nq - 1);
+
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const sa::Tile t{i0, ni, kb * sa::kBlockK, std::min(sa::kBlockK, Nk - kb * sa::kBlockK)};
+      if (p.causal && !t.causal_any_allowed()) break;  // later blocks lie further right
+      const sa::BlockMask bm = mask.block(b, kb);
+      if (bm == sa::BlockMask::kAll) continue;
+
+      sa::block_gemm(t.nj, ni, D, qk_scale, p.k.row(b, h, t.j0), p.k.sn, 1, Qt, ld, false, St, ld);
+      sa::finish_logits(St, ld, t, rb_h, Nq, bm == sa::BlockMask::kSome ? mask.add_row(b) : nullptr,
+                        p.causal && t.causal_any_forbidden());
+
+      // Online softmax, per query (column): new max, shift, rescale factor of the old sums.
+      std::copy_n(m, ni, shift);
+      simd::column_max(St, ld, t.nj, ni, shift);
+      bool rescale = false;
+      for (int64_t c = 0; c < ni; ++c) {
+        const T m_new = shift[c];
+        // No allowed key so far: m stays -inf; shift by 0 so exp2 gives 0, not NaN.
+        shift[c] = m_new == T(-INFINITY) ? T(0) : m_new;
+        const T alpha = simd::exp2(m[c] - shift[c]);
+        m[c] = m_new;
+        l[c] *= alpha;
+        sum[c] = alpha;  // kept for the rescale of O below
+        rescale |= alpha != T(1);
+      }
+      if (rescale)
+        for (int64_t c = 0; c < ni; ++c)
+          if (sum[c] != T(1))
+            for (int64_t e = 0; e < Dv; ++e) O[c * Dv + e] *= sum[c];
+      simd::exp2_columns(St, ld, t.nj, ni, shift, l);
+      // O[i, :] += sum_j P[i, j] V[j, :], reading P through the transposed tile.
+      sa::block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, p.v.row(b, h, t.j0), p.v.sn, true, O, Dv);
+    }
+
+    T* lse_row = lse + (b * H + h) * Nq;
+    for (int64_t r = 0; r < ni; ++r) {
+      T* o = out.row(b, h, i0 + r);
+      if (l[r] == T(0)) {  // no key takes part
+        std::fill_n(o, Dv, T(0));
+        lse_row[i0 + r] = T(-INFINITY);
+        continue;
+      }
+      const T inv = T(1) / l[r];
+      for (int64_t c = 0; c < Dv; ++c) o[c] = O[r * Dv + c] * inv;
+      lse_row[i0 + r] = T((double(m[r]) + std::log2(double(l[r]))) * sa::kLn2);
+    }
+  });
+}
+
+template void softmax_attention_forward<float>(const SoftmaxAttentionParams<float>&, BHND<float>,
+                                               float*);
+template void softmax_attention_forward<double>(const SoftmaxAttentionParams<double>&,
+                                                BHND<double>, double*);
+
+}  // namespace longattn::kernels
