@@ -42,22 +42,31 @@ template <int MR, int NV>
 inline void micro_tile(int64_t k, float alpha, const float* A, int64_t a_rs, int64_t a_cs,
                        const float* B, int64_t ldb, bool accumulate, float* C, int64_t ldc,
                        __mmask16 last) {
+  // Every loop over r and v is unrolled, so GCC keeps acc in registers (without the pragmas it
+  // spills the whole array to the stack on every k step).
   __m512 acc[MR][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t p = 0; p < k; ++p) {
     const float* b = B + p * ldb;
     __m512 bv[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);
     bv[NV - 1] = _mm512_maskz_loadu_ps(last, b + 16 * (NV - 1));
     const float* a = A + p * a_cs;
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m512 ar = _mm512_set1_ps(a[r * a_rs]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
     }
   }
   const __m512 al = _mm512_set1_ps(alpha);
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       float* c = C + r * ldc + 16 * v;
       const __mmask16 mk = v == NV - 1 ? last : __mmask16(0xFFFF);
