@@ -117,10 +117,10 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
         const int64_t ni = t.ni, i0 = t.i0;
         const T* Qt = ws.Qt.data() + qb * D * ld;
         const T* dOt = ws.dOt.data() + qb * Dv * ld;
-        sa::block_gemm(nj, ni, D, qk_scale, k, p.k.sn, 1, Qt, ld, false, St, ld);
-        sa::finish_logits(St, ld, t, rb_h, Nq, bm == sa::BlockMask::kSome ? mask.add_row(b) : nullptr,
-                          p.causal && t.causal_any_forbidden());
-        simd::exp2_columns(St, ld, nj, ni, lse2 + i0, static_cast<T*>(nullptr));  // P^T
+        const sa::ScoreInputs<T> in{k, p.k.sn, Qt, D, qk_scale, rb_h, Nq,
+                                    bm == sa::BlockMask::kSome ? mask.add_row(b) : nullptr,
+                                    p.causal};
+        sa::score_tile(St, ld, t, in, static_cast<T*>(nullptr), lse2 + i0);  // P^T
         // dV[j, :] += sum_i P[i, j] dO[i, :]
         sa::block_gemm(nj, Dv, ni, T(1), St, ld, 1, g.grad_out.row(b, h, i0), g.grad_out.sn, true,
                        dv, g.grad_v.sn);

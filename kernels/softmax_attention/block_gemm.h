@@ -35,13 +35,31 @@ void block_gemm_generic(int64_t m, int64_t n, int64_t k, T alpha, const T* A, in
 }
 
 #if defined(__AVX512F__)
+// Epilogues run inside the unrolled register tile; a call there would spill every accumulator.
+#define LONGATTN_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// The usual epilogue: C = alpha * AB (+ C). An epilogue receives every finished vector of the
+// register tile: output row i, columns [j, j + 16), lanes outside `mask` not to be written.
+// Other epilogues (the attention score tile) fuse their elementwise work here.
+struct StoreEpilogue {
+  float alpha;
+  bool accumulate;
+  float* C;
+  int64_t ldc;
+  LONGATTN_ALWAYS_INLINE void operator()(int64_t i, int64_t j, __m512 x, __mmask16 mask) const {
+    float* c = C + i * ldc + j;
+    x = _mm512_mul_ps(x, _mm512_set1_ps(alpha));
+    if (accumulate) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, c));
+    _mm512_mask_storeu_ps(c, mask, x);
+  }
+};
+
 // Register tile: MR rows x NV vectors of 16 floats, kept in zmm accumulators over the whole
 // k loop (MR * NV <= 24 of the 32 registers). Each step loads NV vectors of B and broadcasts
 // MR scalars of A: 24 FMAs against 10 loads at the full 6 x 4 tile.
-template <int MR, int NV>
-inline void micro_tile(int64_t k, float alpha, const float* A, int64_t a_rs, int64_t a_cs,
-                       const float* B, int64_t ldb, bool accumulate, float* C, int64_t ldc,
-                       __mmask16 last) {
+template <int MR, int NV, class Epilogue>
+inline void micro_tile(int64_t k, const float* A, int64_t a_rs, int64_t a_cs, const float* B,
+                       int64_t ldb, __mmask16 last, int64_t i0, int64_t j0, const Epilogue& epi) {
   // Every loop over r and v is unrolled, so GCC keeps acc in registers (without the pragmas it
   // spills the whole array to the stack on every k step).
   __m512 acc[MR][NV];
@@ -63,34 +81,29 @@ inline void micro_tile(int64_t k, float alpha, const float* A, int64_t a_rs, int
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
     }
   }
-  const __m512 al = _mm512_set1_ps(alpha);
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      float* c = C + r * ldc + 16 * v;
-      const __mmask16 mk = v == NV - 1 ? last : __mmask16(0xFFFF);
-      __m512 x = _mm512_mul_ps(acc[r][v], al);
-      if (accumulate) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mk, c));
-      _mm512_mask_storeu_ps(c, mk, x);
-    }
+    for (int v = 0; v < NV; ++v)
+      epi(i0 + r, j0 + 16 * v, acc[r][v], v == NV - 1 ? last : __mmask16(0xFFFF));
 }
 
-template <int MR>
-inline void micro_row(int nv, int64_t k, float alpha, const float* A, int64_t a_rs, int64_t a_cs,
-                      const float* B, int64_t ldb, bool acc, float* C, int64_t ldc,
-                      __mmask16 last) {
+template <int MR, class Epilogue>
+inline void micro_row(int nv, int64_t k, const float* A, int64_t a_rs, int64_t a_cs,
+                      const float* B, int64_t ldb, __mmask16 last, int64_t i0, int64_t j0,
+                      const Epilogue& epi) {
   switch (nv) {
-    case 1: return micro_tile<MR, 1>(k, alpha, A, a_rs, a_cs, B, ldb, acc, C, ldc, last);
-    case 2: return micro_tile<MR, 2>(k, alpha, A, a_rs, a_cs, B, ldb, acc, C, ldc, last);
-    case 3: return micro_tile<MR, 3>(k, alpha, A, a_rs, a_cs, B, ldb, acc, C, ldc, last);
-    default: return micro_tile<MR, 4>(k, alpha, A, a_rs, a_cs, B, ldb, acc, C, ldc, last);
+    case 1: return micro_tile<MR, 1>(k, A, a_rs, a_cs, B, ldb, last, i0, j0, epi);
+    case 2: return micro_tile<MR, 2>(k, A, a_rs, a_cs, B, ldb, last, i0, j0, epi);
+    case 3: return micro_tile<MR, 3>(k, A, a_rs, a_cs, B, ldb, last, i0, j0, epi);
+    default: return micro_tile<MR, 4>(k, A, a_rs, a_cs, B, ldb, last, i0, j0, epi);
   }
 }
 
-inline void block_gemm(int64_t m, int64_t n, int64_t k, float alpha, const float* A,
-                       int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, bool accumulate,
-                       float* C, int64_t ldc) {
+// The product A B [m x n] over k, handed to `epi` vector by vector.
+template <class Epilogue>
+inline void block_gemm_apply(int64_t m, int64_t n, int64_t k, const float* A, int64_t a_rs,
+                             int64_t a_cs, const float* B, int64_t ldb, const Epilogue& epi) {
   constexpr int64_t MR = 6, NR = 64;
   // Column panels of 64 outer, so the k x 64 panel of B stays in L1 across the row tiles.
   for (int64_t j0 = 0; j0 < n; j0 += NR) {
@@ -100,19 +113,23 @@ inline void block_gemm(int64_t m, int64_t n, int64_t k, float alpha, const float
     const float* b = B + j0;
     int64_t i = 0;
     for (; i + MR <= m; i += MR)
-      micro_row<MR>(nv, k, alpha, A + i * a_rs, a_rs, a_cs, b, ldb, accumulate, C + i * ldc + j0,
-                    ldc, last);
+      micro_row<MR>(nv, k, A + i * a_rs, a_rs, a_cs, b, ldb, last, i, j0, epi);
     const float* a = A + i * a_rs;
-    float* c = C + i * ldc + j0;
     switch (m - i) {
-      case 1: micro_row<1>(nv, k, alpha, a, a_rs, a_cs, b, ldb, accumulate, c, ldc, last); break;
-      case 2: micro_row<2>(nv, k, alpha, a, a_rs, a_cs, b, ldb, accumulate, c, ldc, last); break;
-      case 3: micro_row<3>(nv, k, alpha, a, a_rs, a_cs, b, ldb, accumulate, c, ldc, last); break;
-      case 4: micro_row<4>(nv, k, alpha, a, a_rs, a_cs, b, ldb, accumulate, c, ldc, last); break;
-      case 5: micro_row<5>(nv, k, alpha, a, a_rs, a_cs, b, ldb, accumulate, c, ldc, last); break;
+      case 1: micro_row<1>(nv, k, a, a_rs, a_cs, b, ldb, last, i, j0, epi); break;
+      case 2: micro_row<2>(nv, k, a, a_rs, a_cs, b, ldb, last, i, j0, epi); break;
+      case 3: micro_row<3>(nv, k, a, a_rs, a_cs, b, ldb, last, i, j0, epi); break;
+      case 4: micro_row<4>(nv, k, a, a_rs, a_cs, b, ldb, last, i, j0, epi); break;
+      case 5: micro_row<5>(nv, k, a, a_rs, a_cs, b, ldb, last, i, j0, epi); break;
       default: break;
     }
   }
+}
+
+inline void block_gemm(int64_t m, int64_t n, int64_t k, float alpha, const float* A,
+                       int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, bool accumulate,
+                       float* C, int64_t ldc) {
+  block_gemm_apply(m, n, k, A, a_rs, a_cs, B, ldb, StoreEpilogue{alpha, accumulate, C, ldc});
 }
 #else
 inline void block_gemm(int64_t m, int64_t n, int64_t k, float alpha, const float* A,

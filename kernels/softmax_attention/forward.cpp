@@ -22,12 +22,12 @@ namespace sa = softmax_attention_detail;
 // Per-thread scratch: the score tile, the output accumulator and the running statistics.
 template <class T>
 struct ForwardScratch {
-  sa::Scratch<T> Qt, St, O, m, l, shift, sum;
+  sa::Scratch<T> Qt, St, O, m, l, shift, alpha;
   void reserve(int64_t D, int64_t Dv) {
     Qt.resize(D * sa::kBlockQ);
     St.resize(sa::kBlockK * sa::kBlockQ);
     O.resize(sa::kBlockQ * Dv);
-    for (auto* v : {&m, &l, &shift, &sum}) v->resize(sa::kBlockQ);
+    for (auto* v : {&m, &l, &shift, &alpha}) v->resize(sa::kBlockQ);
   }
 };
 
@@ -53,7 +53,7 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
     ForwardScratch<T>& ws = scratch[static_cast<size_t>(thread_index())];
     ws.reserve(D, Dv);
     T *Qt = ws.Qt.data(), *St = ws.St.data(), *O = ws.O.data(), *m = ws.m.data(),
-      *l = ws.l.data(), *shift = ws.shift.data(), *sum = ws.sum.data();
+      *l = ws.l.data(), *shift = ws.shift.data(), *alpha = ws.alpha.data();
     for (int64_t c = 0; c < ni; ++c) {
       const T* q = p.q.row(b, h, i0 + c);
       for (int64_t d = 0; d < D; ++d) Qt[d * ld + c] = q[d];
@@ -69,28 +69,26 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
       const sa::BlockMask bm = mask.block(b, kb);
       if (bm == sa::BlockMask::kAll) continue;
 
-      sa::block_gemm(t.nj, ni, D, qk_scale, p.k.row(b, h, t.j0), p.k.sn, 1, Qt, ld, false, St, ld);
-      sa::finish_logits(St, ld, t, rb_h, Nq, bm == sa::BlockMask::kSome ? mask.add_row(b) : nullptr,
-                        p.causal && t.causal_any_forbidden());
+      const sa::ScoreInputs<T> in{p.k.row(b, h, t.j0), p.k.sn, Qt, D, qk_scale, rb_h, Nq,
+                                  bm == sa::BlockMask::kSome ? mask.add_row(b) : nullptr,
+                                  p.causal};
+      std::copy_n(m, ni, shift);  // the column max starts from the running max
+      sa::score_tile(St, ld, t, in, shift, static_cast<const T*>(nullptr));
 
       // Online softmax, per query (column): new max, shift, rescale factor of the old sums.
-      std::copy_n(m, ni, shift);
-      simd::column_max(St, ld, t.nj, ni, shift);
-      bool rescale = false;
       for (int64_t c = 0; c < ni; ++c) {
         const T m_new = shift[c];
         // No allowed key so far: m stays -inf; shift by 0 so exp2 gives 0, not NaN.
         shift[c] = m_new == T(-INFINITY) ? T(0) : m_new;
-        const T alpha = simd::exp2(m[c] - shift[c]);
+        alpha[c] = m[c];
         m[c] = m_new;
-        l[c] *= alpha;
-        sum[c] = alpha;  // kept for the rescale of O below
-        rescale |= alpha != T(1);
       }
-      if (rescale)
-        for (int64_t c = 0; c < ni; ++c)
-          if (sum[c] != T(1))
-            for (int64_t e = 0; e < Dv; ++e) O[c * Dv + e] *= sum[c];
+      simd::exp2_columns(alpha, 0, 1, ni, shift, static_cast<T*>(nullptr));  // 2^(m_old - shift)
+      for (int64_t c = 0; c < ni; ++c) {
+        l[c] *= alpha[c];
+        if (alpha[c] != T(1))
+          for (int64_t e = 0; e < Dv; ++e) O[c * Dv + e] *= alpha[c];
+      }
       simd::exp2_columns(St, ld, t.nj, ni, shift, l);
       // O[i, :] += sum_j P[i, j] V[j, :], reading P through the transposed tile.
       sa::block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, p.v.row(b, h, t.j0), p.v.sn, true, O, Dv);

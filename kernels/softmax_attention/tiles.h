@@ -13,6 +13,8 @@
 #include <new>
 #include <vector>
 
+#include "kernels/common/simd.h"
+#include "kernels/softmax_attention/block_gemm.h"
 #include "kernels/softmax_attention/softmax_attention.h"
 
 namespace longattn::kernels::softmax_attention_detail {
@@ -92,40 +94,116 @@ struct Tile {
   bool causal_any_forbidden() const { return j0 + nj - 1 > i0; }
 };
 
-// The relative bias reversed, per head: rb[h][i - j + N - 1] = bias[h][j - i + N - 1], so a
-// row of the transposed score tile (one key, consecutive queries) reads it forwards.
+// The relative bias in base-2 units and reversed, per head:
+// rb[h][i - j + N - 1] = log2(e) * bias[h][j - i + N - 1], so a row of the transposed score
+// tile (one key, consecutive queries) reads it forwards.
 template <class T>
 std::vector<T> reversed_bias(const T* bias, int64_t stride_h, int64_t H, int64_t N) {
   std::vector<T> rb;
   if (!bias) return rb;
   rb.resize(static_cast<size_t>(H * (2 * N - 1)));
   for (int64_t h = 0; h < H; ++h)
-    for (int64_t t = 0; t < 2 * N - 1; ++t) rb[h * (2 * N - 1) + t] = bias[h * stride_h + 2 * N - 2 - t];
+    for (int64_t t = 0; t < 2 * N - 1; ++t)
+      rb[h * (2 * N - 1) + t] = T(kLog2e) * bias[h * stride_h + 2 * N - 2 - t];
   return rb;
 }
 
 // Score tiles are stored transposed: St[r][c] is key j0 + r against query i0 + c (row stride
 // ld), so the softmax statistics of the queries run along the vector lanes.
-// Turns St from scale*log2e * q.k into the full base-2 logits: adds log2e * bias (rb_h: this
-// head's reversed bias, or nullptr), -inf for masked keys (mask_add: 0 / -inf per key, or
-// nullptr), and -inf where causal forbids j > i.
+//
+// What a score tile needs besides K and Q^T: rb_h is this head's reversed base-2 bias (or
+// nullptr), mask_add the additive key mask (0 / -inf per key, or nullptr).
 template <class T>
-void finish_logits(T* St, int64_t ld, const Tile& t, const T* rb_h, int64_t N, const T* mask_add,
-                   bool causal) {
-  const T l2e = T(kLog2e);
+struct ScoreInputs {
+  const T* k;  // first key row of the tile
+  int64_t k_sn;
+  const T* Qt;  // [D][ld] packed queries of the tile
+  int64_t D;
+  T qk_scale;  // scale * log2(e)
+  const T* rb_h;
+  int64_t N;
+  const T* mask_add;
+  bool causal;
+};
+
+// Logits of the tile (base 2): qk_scale * K Q^T + bias, -inf for masked keys and where causal
+// forbids j > i; then, with colmax: St = logits and colmax[c] = max(colmax[c], column max);
+// without: St = exp2(logits - shift[c]) (the probabilities, given each query's shift).
+// Portable version: a GEMM, then passes over the tile.
+template <class T>
+void score_tile(T* St, int64_t ld, const Tile& t, const ScoreInputs<T>& in, T* colmax,
+                const T* shift) {
+  block_gemm(t.nj, t.ni, in.D, in.qk_scale, in.k, in.k_sn, 1, in.Qt, ld, false, St, ld);
+  const bool causal = in.causal && t.causal_any_forbidden();
   for (int64_t r = 0; r < t.nj; ++r) {
     T* s = St + r * ld;
     const int64_t j = t.j0 + r;
-    if (mask_add && mask_add[j] != T(0)) {
+    if (in.mask_add && in.mask_add[j] != T(0)) {
       std::fill_n(s, t.ni, T(-INFINITY));
       continue;
     }
-    if (rb_h) {
-      const T* bp = rb_h + (t.i0 - j + N - 1);  // bp[c] is the bias of query i0 + c
-      for (int64_t c = 0; c < t.ni; ++c) s[c] += l2e * bp[c];
+    if (in.rb_h) {
+      const T* bp = in.rb_h + (t.i0 - j + in.N - 1);  // bp[c] is the bias of query i0 + c
+      for (int64_t c = 0; c < t.ni; ++c) s[c] += bp[c];
     }
     if (causal) std::fill_n(s, std::clamp<int64_t>(j - t.i0, 0, t.ni), T(-INFINITY));
   }
+  if (colmax)
+    simd::column_max(St, ld, t.nj, t.ni, colmax);
+  else
+    simd::exp2_columns(St, ld, t.nj, t.ni, shift, static_cast<T*>(nullptr));
 }
+
+#if defined(__AVX512F__)
+// Float with AVX-512: the same, fused into the GEMM's epilogue while the tile is in registers.
+struct ScoreEpilogue {
+  float* St;
+  int64_t ld;
+  float alpha;
+  const float* bias0;     // bias of (r, c) at bias0[c - r], or nullptr
+  const float* row_add;   // per row: 0, or -inf for a masked key; or nullptr
+  bool causal;
+  int64_t causal_shift;   // (r, c) is forbidden when c < r + causal_shift (j0 - i0)
+  float* colmax;
+  const float* shift;
+
+  LONGATTN_ALWAYS_INLINE void operator()(int64_t r, int64_t c, __m512 x, __mmask16 mask) const {
+    x = _mm512_mul_ps(x, _mm512_set1_ps(alpha));
+    if (bias0) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, bias0 + (c - r)));
+    if (row_add) x = _mm512_add_ps(x, _mm512_set1_ps(row_add[r]));
+    if (causal) {
+      const __m512i lane = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c)),
+                                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                              11, 12, 13, 14, 15));
+      const __mmask16 forbidden = _mm512_cmplt_epi32_mask(
+          lane, _mm512_set1_epi32(static_cast<int>(r + causal_shift)));
+      x = _mm512_mask_mov_ps(x, forbidden, _mm512_set1_ps(-INFINITY));
+    }
+    float* dst = St + r * ld + c;
+    if (colmax) {
+      _mm512_mask_storeu_ps(colmax + c, mask,
+                            _mm512_max_ps(_mm512_maskz_loadu_ps(mask, colmax + c), x));
+      _mm512_mask_storeu_ps(dst, mask, x);
+    } else {
+      _mm512_mask_storeu_ps(dst, mask,
+                            simd::exp2(_mm512_sub_ps(x, _mm512_maskz_loadu_ps(mask, shift + c))));
+    }
+  }
+};
+
+inline void score_tile(float* St, int64_t ld, const Tile& t, const ScoreInputs<float>& in,
+                       float* colmax, const float* shift) {
+  const ScoreEpilogue epi{St,
+                          ld,
+                          in.qk_scale,
+                          in.rb_h ? in.rb_h + (t.i0 - t.j0 + in.N - 1) : nullptr,
+                          in.mask_add ? in.mask_add + t.j0 : nullptr,
+                          in.causal && t.causal_any_forbidden(),
+                          t.j0 - t.i0,
+                          colmax,
+                          shift};
+  block_gemm_apply(t.nj, t.ni, in.D, in.k, in.k_sn, 1, in.Qt, ld, epi);
+}
+#endif
 
 }  // namespace longattn::kernels::softmax_attention_detail
