@@ -1,8 +1,10 @@
 // Vectorised float32 building blocks for the kernels' inner loops: a fast exp2 and the
-// row operations of a softmax (max, exp2-and-sum). Three implementations chosen at compile
-// time: AVX-512F when the build targets it, AVX2+FMA otherwise, and plain scalar code.
-// They agree to a few ulp; double-precision overloads are plain loops (double is what the
-// gradient checks use, it need not be fast).
+// operations of a softmax over the rows or the columns of a tile (max, exp2-and-sum).
+// Three implementations chosen at compile time: AVX-512F when the build targets it, AVX2+FMA
+// otherwise, and plain scalar code. They agree to a few ulp; double-precision overloads are
+// plain loops (double is what the gradient checks use, it need not be fast).
+// exp2 returns exactly 0 for -inf and for results below the float range, so masked logits
+// (-inf) give probabilities of exactly 0.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -184,6 +186,39 @@ inline float exp2_shift_sum(float* x, int64_t n, float shift) {
   for (; i < n; ++i) r += (x[i] = exp2(x[i] - shift));
   return r;
 }
+
+inline void column_max(const float* S, int64_t ld, int64_t rows, int64_t cols, float* colmax) {
+  int64_t c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    __m256 m = _mm256_loadu_ps(colmax + c);
+    for (int64_t r = 0; r < rows; ++r) m = _mm256_max_ps(m, _mm256_loadu_ps(S + r * ld + c));
+    _mm256_storeu_ps(colmax + c, m);
+  }
+  for (; c < cols; ++c)
+    for (int64_t r = 0; r < rows; ++r) colmax[c] = S[r * ld + c] > colmax[c] ? S[r * ld + c] : colmax[c];
+}
+
+inline void exp2_columns(float* S, int64_t ld, int64_t rows, int64_t cols, const float* shift,
+                         float* colsum) {
+  int64_t c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    const __m256 sh = _mm256_loadu_ps(shift + c);
+    __m256 s = _mm256_setzero_ps();
+    for (int64_t r = 0; r < rows; ++r) {
+      float* x = S + r * ld + c;
+      const __m256 e = exp2(_mm256_sub_ps(_mm256_loadu_ps(x), sh));
+      _mm256_storeu_ps(x, e);
+      s = _mm256_add_ps(s, e);
+    }
+    if (colsum) _mm256_storeu_ps(colsum + c, _mm256_add_ps(_mm256_loadu_ps(colsum + c), s));
+  }
+  for (; c < cols; ++c) {
+    float s = 0;
+    for (int64_t r = 0; r < rows; ++r) s += (S[r * ld + c] = exp2(S[r * ld + c] - shift[c]));
+    if (colsum) colsum[c] += s;
+  }
+}
+#define LONGATTN_SIMD_HAS_COLUMN_OPS 1
 
 #else
 constexpr int kFloatLanes = 1;

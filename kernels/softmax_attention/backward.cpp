@@ -46,29 +46,33 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
   const int64_t B = p.q.B, H = p.q.H, Nq = p.q.N, Nk = p.k.N, D = p.q.D, Dv = p.v.D;
   const int64_t nbias = p.rel_bias ? 2 * Nq - 1 : 0;
   if (g.grad_rel_bias) std::fill_n(g.grad_rel_bias, H * nbias, T(0));
-  auto zero_rows = [](BHND<T> x) {
-    for (int64_t b = 0; b < x.B; ++b)
-      for (int64_t h = 0; h < x.H; ++h)
-        for (int64_t n = 0; n < x.N; ++n) std::fill_n(x.row(b, h, n), x.D, T(0));
+  auto zero_rows = [](BHND<T> x, int64_t b, int64_t h, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) std::fill_n(x.row(b, h, n), x.D, T(0));
   };
-  zero_rows(g.grad_q);
-  zero_rows(g.grad_k);
-  zero_rows(g.grad_v);
-  if (B == 0 || H == 0 || Nq == 0 || Nk == 0) return;
+  if (B == 0 || H == 0 || Nq == 0 || Nk == 0) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        zero_rows(g.grad_q, b, h, 0, Nq);
+        zero_rows(g.grad_k, b, h, 0, Nk);
+        zero_rows(g.grad_v, b, h, 0, Nk);
+      }
+    return;
+  }
 
   const int64_t nqb = sa::ceil_div(Nq, sa::kBlockQ), nkb = sa::ceil_div(Nk, sa::kBlockK);
-  const int64_t groups = std::min(nkb, sa::ceil_div(kTargetItems, B * H));
-  const int64_t blocks_per_group = sa::ceil_div(nkb, groups);
+  const int64_t blocks_per_group =
+      sa::ceil_div(nkb, std::min(nkb, sa::ceil_div(kTargetItems, B * H)));
+  const int64_t groups = sa::ceil_div(nkb, blocks_per_group);  // none of them empty
   const sa::KeyMask<T> mask(p.key_padding_mask, p.mask_stride_b, B, Nk, sa::kBlockK);
   const T qk_scale = T(p.scale * sa::kLog2e), scale = T(p.scale);
   const bool want_bias = g.grad_rel_bias && p.rel_bias;
 
   // Partials: dQ for groups > 0 (group 0 accumulates straight into grad_q), and the bias
   // gradient of every item, both summed after the parallel loop in a fixed order.
+  // Each item zeroes what it owns (in parallel): its dK / dV rows, its dQ destination and its
+  // bias partial.
   sa::Scratch<T> dq_part((groups - 1) * B * H * Nq * D);
   sa::Scratch<T> bias_part(want_bias ? B * H * groups * nbias : 0);
-  if (groups > 1) std::fill_n(dq_part.data(), (groups - 1) * B * H * Nq * D, T(0));
-  if (want_bias) std::fill_n(bias_part.data(), B * H * groups * nbias, T(0));
 
   const int threads = p.threads > 0 ? p.threads : omp_get_max_threads();
   std::vector<BackwardScratch<T>> scratch(static_cast<size_t>(threads));
@@ -100,9 +104,14 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
     // dQ destination of this group: grad_q itself or a contiguous partial [Nq, D].
     T* dq = grp == 0 ? g.grad_q.row(b, h, 0) : dq_part.data() + (((grp - 1) * B + b) * H + h) * Nq * D;
     const int64_t dq_ld = grp == 0 ? g.grad_q.sn : D;
+    for (int64_t i = 0; i < Nq; ++i) std::fill_n(dq + i * dq_ld, D, T(0));
+    if (rdb) std::fill_n(rdb, nbias, T(0));
 
+    const int64_t kb_begin = std::min(nkb, grp * blocks_per_group);
     const int64_t kb_end = std::min(nkb, (grp + 1) * blocks_per_group);
-    for (int64_t kb = grp * blocks_per_group; kb < kb_end; ++kb) {
+    zero_rows(g.grad_k, b, h, kb_begin * sa::kBlockK, std::min(Nk, kb_end * sa::kBlockK));
+    zero_rows(g.grad_v, b, h, kb_begin * sa::kBlockK, std::min(Nk, kb_end * sa::kBlockK));
+    for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
       const int64_t j0 = kb * sa::kBlockK, nj = std::min(sa::kBlockK, Nk - j0);
       const sa::BlockMask bm = mask.block(b, kb);
       if (bm == sa::BlockMask::kAll) continue;  // these keys get no gradient
