@@ -27,10 +27,10 @@ constexpr int64_t kTargetItems = 8;
 
 template <class T>
 struct BackwardScratch {
-  sa::Scratch<T> St, dPt, Qt, dOt, lse2, Di;
+  sa::Scratch<T> St, dSt, Qt, dOt, lse2, Di;
   void reserve(int64_t nqb, int64_t D, int64_t Dv) {
     St.resize(sa::kBlockK * sa::kBlockQ);
-    dPt.resize(sa::kBlockK * sa::kBlockQ);
+    dSt.resize(sa::kBlockK * sa::kBlockQ);
     Qt.resize(nqb * D * sa::kBlockQ);  // [query block][D][kBlockQ]
     dOt.resize(nqb * Dv * sa::kBlockQ);
     lse2.resize(nqb * sa::kBlockQ);
@@ -83,7 +83,7 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
     const int64_t grp = item % groups, h = (item / groups) % H, b = item / (groups * H);
     BackwardScratch<T>& ws = scratch[static_cast<size_t>(thread_index())];
     ws.reserve(nqb, D, Dv);
-    T *St = ws.St.data(), *dPt = ws.dPt.data(), *lse2 = ws.lse2.data(), *Di = ws.Di.data();
+    T *St = ws.St.data(), *dSt = ws.dSt.data(), *lse2 = ws.lse2.data(), *Di = ws.Di.data();
     const T* lse = g.lse + (b * H + h) * Nq;
     for (int64_t i = 0; i < Nq; ++i) {
       // Shift of row i in base 2; +inf for a row with no key, so exp2(s - shift) = 0.
@@ -133,21 +133,17 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
         // dV[j, :] += sum_i P[i, j] dO[i, :]
         sa::block_gemm(nj, Dv, ni, T(1), St, ld, 1, g.grad_out.row(b, h, i0), g.grad_out.sn, true,
                        dv, g.grad_v.sn);
-        sa::block_gemm(nj, ni, Dv, T(1), v, p.v.sn, 1, dOt, ld, false, dPt, ld);  // dP^T
-        for (int64_t r = 0; r < nj; ++r) {  // dS^T = P^T * (dP^T - Di), into dPt
-          const T* pr = St + r * ld;
-          T* ds = dPt + r * ld;
-          const T* di = Di + i0;
-          for (int64_t c = 0; c < ni; ++c) ds[c] = pr[c] * (ds[c] - di[c]);
-          if (rdb) {  // (i, j) feeds the bias at j - i + N - 1, reversed: i - j + N - 1
+        sa::grad_score_tile(dSt, ld, t, v, p.v.sn, dOt, Dv, St, Di + i0);  // dS^T
+        if (rdb)  // (i, j) feeds the bias at j - i + N - 1, reversed: i - j + N - 1
+          for (int64_t r = 0; r < nj; ++r) {
+            const T* ds = dSt + r * ld;
             T* db = rdb + (i0 - (j0 + r) + Nq - 1);
             for (int64_t c = 0; c < ni; ++c) db[c] += ds[c];
           }
-        }
         // dK[j, :] += scale * sum_i dS[i, j] Q[i, :];  dQ[i, :] += scale * sum_j dS[i, j] K[j, :]
-        sa::block_gemm(nj, D, ni, scale, dPt, ld, 1, p.q.row(b, h, i0), p.q.sn, true, dk,
+        sa::block_gemm(nj, D, ni, scale, dSt, ld, 1, p.q.row(b, h, i0), p.q.sn, true, dk,
                        g.grad_k.sn);
-        sa::block_gemm(ni, D, nj, scale, dPt, 1, ld, k, p.k.sn, true, dq + i0 * dq_ld, dq_ld);
+        sa::block_gemm(ni, D, nj, scale, dSt, 1, ld, k, p.k.sn, true, dq + i0 * dq_ld, dq_ld);
       }
     }
   });

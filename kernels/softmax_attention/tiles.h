@@ -154,6 +154,20 @@ void score_tile(T* St, int64_t ld, const Tile& t, const ScoreInputs<T>& in, T* c
     simd::exp2_columns(St, ld, t.nj, t.ni, shift, static_cast<T*>(nullptr));
 }
 
+// Gradient of the logits, transposed like the score tile: dS^T = P^T * (V dO^T - Di), where
+// Pt is the probability tile, dOt the packed [Dv][ld] output gradient of the tile's queries and
+// Di[c] = rowsum(dO * O) of query i0 + c. Portable version: a GEMM, then one pass.
+template <class T>
+void grad_score_tile(T* dSt, int64_t ld, const Tile& t, const T* v, int64_t v_sn, const T* dOt,
+                     int64_t Dv, const T* Pt, const T* Di) {
+  block_gemm(t.nj, t.ni, Dv, T(1), v, v_sn, 1, dOt, ld, false, dSt, ld);
+  for (int64_t r = 0; r < t.nj; ++r) {
+    const T* pr = Pt + r * ld;
+    T* ds = dSt + r * ld;
+    for (int64_t c = 0; c < t.ni; ++c) ds[c] = pr[c] * (ds[c] - Di[c]);
+  }
+}
+
 #if defined(__AVX512F__)
 // Float with AVX-512: the same, fused into the GEMM's epilogue while the tile is in registers.
 struct ScoreEpilogue {
@@ -203,6 +217,23 @@ inline void score_tile(float* St, int64_t ld, const Tile& t, const ScoreInputs<f
                           colmax,
                           shift};
   block_gemm_apply(t.nj, t.ni, in.D, in.k, in.k_sn, 1, in.Qt, ld, epi);
+}
+
+struct GradScoreEpilogue {
+  float* dSt;
+  const float* Pt;
+  int64_t ld;
+  const float* Di;
+  LONGATTN_ALWAYS_INLINE void operator()(int64_t r, int64_t c, __m512 x, __mmask16 mask) const {
+    const __m512 p = _mm512_maskz_loadu_ps(mask, Pt + r * ld + c);
+    const __m512 d = _mm512_maskz_loadu_ps(mask, Di + c);
+    _mm512_mask_storeu_ps(dSt + r * ld + c, mask, _mm512_mul_ps(p, _mm512_sub_ps(x, d)));
+  }
+};
+
+inline void grad_score_tile(float* dSt, int64_t ld, const Tile& t, const float* v, int64_t v_sn,
+                            const float* dOt, int64_t Dv, const float* Pt, const float* Di) {
+  block_gemm_apply(t.nj, t.ni, Dv, v, v_sn, 1, dOt, ld, GradScoreEpilogue{dSt, Pt, ld, Di});
 }
 #endif
 
