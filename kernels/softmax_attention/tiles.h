@@ -1,6 +1,8 @@
-// Pieces shared by the forward and backward softmax attention kernels: tile sizes, the
-// per-key-block mask summary, and the step that turns a tile of raw scores into logits
-// (relative bias, key padding mask, causal mask).
+// Pieces shared by the forward and backward softmax attention kernels: tile sizes, scratch
+// buffers, the per-key-block mask summary, and the two tile computations built on the block
+// GEMM: the score tile (logits with relative bias, key padding mask and causal mask, then
+// either their column max or their probabilities) and the tile of logit gradients.
+// With AVX-512 (float) that elementwise work runs in the GEMM's epilogue, on registers.
 //
 // Logits are kept in base-2 units (multiplied by log2(e)) so the softmax needs exp2 only:
 // the scale folded into the QK^T GEMM is scale * log2(e), and the bias is added times log2(e).
