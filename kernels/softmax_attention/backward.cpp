@@ -129,7 +129,7 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
         const sa::ScoreInputs<T> in{k, p.k.sn, Qt, D, qk_scale, rb_h, Nq,
                                     bm == sa::BlockMask::kSome ? mask.add_row(b) : nullptr,
                                     p.causal};
-        sa::score_tile(St, ld, t, in, static_cast<T*>(nullptr), lse2 + i0);  // P^T
+        sa::score_tile(St, ld, t, in, sa::ScoreOutputs<T>{nullptr, lse2 + i0, nullptr});  // P^T
         // dV[j, :] += sum_i P[i, j] dO[i, :]
         sa::block_gemm(nj, Dv, ni, T(1), St, ld, 1, g.grad_out.row(b, h, i0), g.grad_out.sn, true,
                        dv, g.grad_v.sn);

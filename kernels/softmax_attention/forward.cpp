@@ -2,9 +2,12 @@
 //
 // Work items are (batch, head, query block), so B = 1 with a few heads still fills every
 // thread. Each item packs its queries transposed once, then walks the key blocks: the score
-// tile S^T = K Q^T (keys as rows, queries along the vector lanes) by the block GEMM, the logits
-// finished in place (bias, masks), the running per-query max and sum updated column-wise, S^T
-// turned into probabilities by a vectorised exp2, and O += P V. No N x N buffer exists.
+// tile S^T = K Q^T (keys as rows, queries along the vector lanes) by the block GEMM with the
+// bias and masks applied in its epilogue, the online softmax per query, and O += P V.
+// Online softmax: the first block (and any block whose logits outgrow the reference) takes the
+// classic path: column max, rescale of l and O, exp2 pass. Every other block keeps the previous
+// reference, so its probabilities and their sums come straight out of the GEMM epilogue.
+// No N x N buffer exists.
 #include <algorithm>
 #include <cmath>
 
@@ -19,15 +22,21 @@ namespace longattn::kernels {
 namespace {
 namespace sa = softmax_attention_detail;
 
-// Per-thread scratch: the score tile, the output accumulator and the running statistics.
+// A tile's probabilities against a stale reference may sum to at most 2^32 per query: then
+// l and O stay far from float overflow (for |v| < 2^76 even at N = 2^20).
+constexpr double kMaxTileSum = 4294967296.0;
+
+// Per-thread scratch: the score tile, the output accumulator and the running statistics:
+// per query, the reference exponent `ref` (base 2; -inf before any key) against which the
+// sum l and the accumulator O are kept, so lse = ref + log2(l).
 template <class T>
 struct ForwardScratch {
-  sa::Scratch<T> Qt, St, O, m, l, shift, alpha;
+  sa::Scratch<T> Qt, St, O, ref, l, shift, alpha, sum;
   void reserve(int64_t D, int64_t Dv) {
     Qt.resize(D * sa::kBlockQ);
     St.resize(sa::kBlockK * sa::kBlockQ);
     O.resize(sa::kBlockQ * Dv);
-    for (auto* v : {&m, &l, &shift, &alpha}) v->resize(sa::kBlockQ);
+    for (auto* v : {&ref, &l, &shift, &alpha, &sum}) v->resize(sa::kBlockQ);
   }
 };
 
@@ -52,15 +61,16 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
     const int64_t i0 = qb * sa::kBlockQ, ni = std::min(sa::kBlockQ, Nq - i0);
     ForwardScratch<T>& ws = scratch[static_cast<size_t>(thread_index())];
     ws.reserve(D, Dv);
-    T *Qt = ws.Qt.data(), *St = ws.St.data(), *O = ws.O.data(), *m = ws.m.data(),
-      *l = ws.l.data(), *shift = ws.shift.data(), *alpha = ws.alpha.data();
+    T *Qt = ws.Qt.data(), *St = ws.St.data(), *O = ws.O.data(), *ref = ws.ref.data(),
+      *l = ws.l.data(), *shift = ws.shift.data(), *alpha = ws.alpha.data(), *sum = ws.sum.data();
     for (int64_t c = 0; c < ni; ++c) {
       const T* q = p.q.row(b, h, i0 + c);
       for (int64_t d = 0; d < D; ++d) Qt[d * ld + c] = q[d];
     }
     std::fill_n(O, ni * Dv, T(0));
-    std::fill_n(m, ni, T(-INFINITY));
+    std::fill_n(ref, ni, T(-INFINITY));
     std::fill_n(l, ni, T(0));
+    bool all_started = false;  // every query of the block has a finite reference
     const T* rb_h = rbias.empty() ? nullptr : rbias.data() + h * (2 * Nq - 1);
 
     for (int64_t kb = 0; kb < nkb; ++kb) {
@@ -72,18 +82,35 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
       const sa::ScoreInputs<T> in{p.k.row(b, h, t.j0), p.k.sn, Qt, D, qk_scale, rb_h, Nq,
                                   bm == sa::BlockMask::kSome ? mask.add_row(b) : nullptr,
                                   p.causal};
-      std::copy_n(m, ni, shift);  // the column max starts from the running max
-      sa::score_tile(St, ld, t, in, shift, static_cast<const T*>(nullptr));
-
-      // Online softmax, per query (column): new max, shift, rescale factor of the old sums.
+      const T* v = p.v.row(b, h, t.j0);
+      if (all_started) {
+        // Fast path: probabilities against the current references, straight from the GEMM
+        // epilogue. Any reference gives the exact softmax; it only has to keep the values
+        // (and so l and O) from overflowing, which is checked, and the tile redone otherwise.
+        std::fill_n(sum, ni, T(0));
+        sa::score_tile(St, ld, t, in, sa::ScoreOutputs<T>{nullptr, ref, sum});
+        bool fits = true;
+        for (int64_t c = 0; c < ni; ++c) fits &= sum[c] <= T(kMaxTileSum);
+        if (fits) {
+          for (int64_t c = 0; c < ni; ++c) l[c] += sum[c];
+          sa::block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, v, p.v.sn, true, O, Dv);
+          continue;
+        }
+      }
+      // Slow path: the logits and their column max first, then each reference moves to the
+      // new running max (l and O rescaled), and the probabilities follow.
+      std::copy_n(ref, ni, shift);  // the column max starts from the running max
+      sa::score_tile(St, ld, t, in, sa::ScoreOutputs<T>{shift, nullptr, nullptr});
+      all_started = true;
       for (int64_t c = 0; c < ni; ++c) {
         const T m_new = shift[c];
-        // No allowed key so far: m stays -inf; shift by 0 so exp2 gives 0, not NaN.
+        // No allowed key so far: ref stays -inf; shift by 0 so exp2 gives 0, not NaN.
         shift[c] = m_new == T(-INFINITY) ? T(0) : m_new;
-        alpha[c] = m[c];
-        m[c] = m_new;
+        alpha[c] = ref[c];
+        ref[c] = m_new;
+        all_started &= m_new != T(-INFINITY);
       }
-      simd::exp2_columns(alpha, 0, 1, ni, shift, static_cast<T*>(nullptr));  // 2^(m_old - shift)
+      simd::exp2_columns(alpha, 0, 1, ni, shift, static_cast<T*>(nullptr));  // 2^(old - new)
       for (int64_t c = 0; c < ni; ++c) {
         l[c] *= alpha[c];
         if (alpha[c] != T(1))
@@ -91,7 +118,7 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
       }
       simd::exp2_columns(St, ld, t.nj, ni, shift, l);
       // O[i, :] += sum_j P[i, j] V[j, :], reading P through the transposed tile.
-      sa::block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, p.v.row(b, h, t.j0), p.v.sn, true, O, Dv);
+      sa::block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, v, p.v.sn, true, O, Dv);
     }
 
     T* lse_row = lse + (b * H + h) * Nq;
@@ -104,7 +131,7 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
       }
       const T inv = T(1) / l[r];
       for (int64_t c = 0; c < Dv; ++c) o[c] = O[r * Dv + c] * inv;
-      lse_row[i0 + r] = T((double(m[r]) + std::log2(double(l[r]))) * sa::kLn2);
+      lse_row[i0 + r] = T((double(ref[r]) + std::log2(double(l[r]))) * sa::kLn2);
     }
   });
 }

@@ -128,13 +128,23 @@ struct ScoreInputs {
   bool causal;
 };
 
-// Logits of the tile (base 2): qk_scale * K Q^T + bias, -inf for masked keys and where causal
-// forbids j > i; then, with colmax: St = logits and colmax[c] = max(colmax[c], column max);
-// without: St = exp2(logits - shift[c]) (the probabilities, given each query's shift).
+// What a score tile writes. Logits are qk_scale * K Q^T + bias, -inf for masked keys and where
+// causal forbids j > i (base 2). Three modes:
+//  - colmax only:            St = logits, colmax[c] = max(colmax[c], column max);
+//  - shift only:             St = exp2(logits - shift[c])  (probabilities, backward);
+//  - colmax, shift, colsum:  both: St = exp2(logits - shift[c]), colmax as above and
+//                            colsum[c] += column sum of St (forward with a running shift).
+template <class T>
+struct ScoreOutputs {
+  T* colmax = nullptr;
+  const T* shift = nullptr;
+  T* colsum = nullptr;
+};
+
 // Portable version: a GEMM, then passes over the tile.
 template <class T>
-void score_tile(T* St, int64_t ld, const Tile& t, const ScoreInputs<T>& in, T* colmax,
-                const T* shift) {
+void score_tile(T* St, int64_t ld, const Tile& t, const ScoreInputs<T>& in,
+                const ScoreOutputs<T>& o) {
   block_gemm(t.nj, t.ni, in.D, in.qk_scale, in.k, in.k_sn, 1, in.Qt, ld, false, St, ld);
   const bool causal = in.causal && t.causal_any_forbidden();
   for (int64_t r = 0; r < t.nj; ++r) {
@@ -150,10 +160,8 @@ void score_tile(T* St, int64_t ld, const Tile& t, const ScoreInputs<T>& in, T* c
     }
     if (causal) std::fill_n(s, std::clamp<int64_t>(j - t.i0, 0, t.ni), T(-INFINITY));
   }
-  if (colmax)
-    simd::column_max(St, ld, t.nj, t.ni, colmax);
-  else
-    simd::exp2_columns(St, ld, t.nj, t.ni, shift, static_cast<T*>(nullptr));
+  if (o.colmax) simd::column_max(St, ld, t.nj, t.ni, o.colmax);
+  if (o.shift) simd::exp2_columns(St, ld, t.nj, t.ni, o.shift, o.colsum);
 }
 
 // Gradient of the logits, transposed like the score tile: dS^T = P^T * (V dO^T - Di), where
@@ -180,8 +188,7 @@ struct ScoreEpilogue {
   const float* row_add;   // per row: 0, or -inf for a masked key; or nullptr
   bool causal;
   int64_t causal_shift;   // (r, c) is forbidden when c < r + causal_shift (j0 - i0)
-  float* colmax;
-  const float* shift;
+  ScoreOutputs<float> out;
 
   LONGATTN_ALWAYS_INLINE void operator()(int64_t r, int64_t c, __m512 x, __mmask16 mask) const {
     x = _mm512_mul_ps(x, _mm512_set1_ps(alpha));
@@ -195,20 +202,19 @@ struct ScoreEpilogue {
           lane, _mm512_set1_epi32(static_cast<int>(r + causal_shift)));
       x = _mm512_mask_mov_ps(x, forbidden, _mm512_set1_ps(-INFINITY));
     }
-    float* dst = St + r * ld + c;
-    if (colmax) {
-      _mm512_mask_storeu_ps(colmax + c, mask,
-                            _mm512_max_ps(_mm512_maskz_loadu_ps(mask, colmax + c), x));
-      _mm512_mask_storeu_ps(dst, mask, x);
-    } else {
-      _mm512_mask_storeu_ps(dst, mask,
-                            simd::exp2(_mm512_sub_ps(x, _mm512_maskz_loadu_ps(mask, shift + c))));
-    }
+    if (out.colmax)
+      _mm512_mask_storeu_ps(out.colmax + c, mask,
+                            _mm512_max_ps(_mm512_maskz_loadu_ps(mask, out.colmax + c), x));
+    if (out.shift) x = simd::exp2(_mm512_sub_ps(x, _mm512_maskz_loadu_ps(mask, out.shift + c)));
+    if (out.colsum)
+      _mm512_mask_storeu_ps(out.colsum + c, mask,
+                            _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out.colsum + c), x));
+    _mm512_mask_storeu_ps(St + r * ld + c, mask, x);
   }
 };
 
 inline void score_tile(float* St, int64_t ld, const Tile& t, const ScoreInputs<float>& in,
-                       float* colmax, const float* shift) {
+                       const ScoreOutputs<float>& out) {
   const ScoreEpilogue epi{St,
                           ld,
                           in.qk_scale,
@@ -216,8 +222,7 @@ inline void score_tile(float* St, int64_t ld, const Tile& t, const ScoreInputs<f
                           in.mask_add ? in.mask_add + t.j0 : nullptr,
                           in.causal && t.causal_any_forbidden(),
                           t.j0 - t.i0,
-                          colmax,
-                          shift};
+                          out};
   block_gemm_apply(t.nj, t.ni, in.D, in.k, in.k_sn, 1, in.Qt, ld, epi);
 }
 

@@ -214,7 +214,8 @@ std::string describe(const Shape& s, const Flags& f) {
 }
 
 template <class T>
-void check_case(const Shape& s, const Flags& f, uint64_t seed, double scale = 0) {
+void check_case(const Shape& s, const Flags& f, uint64_t seed, double scale = 0,
+                double bias_slope = 0) {
   SCOPED_TRACE(describe(s, f));
   if (scale == 0) scale = 1.0 / std::sqrt(double(s.D));
   auto q = testing_ref::normal_vector<double>(s.B * s.H * s.Nq * s.D, seed + 1);
@@ -223,6 +224,8 @@ void check_case(const Shape& s, const Flags& f, uint64_t seed, double scale = 0)
   auto dout = testing_ref::normal_vector<double>(s.B * s.H * s.Nq * s.Dv, seed + 4);
   auto bias = f.bias ? testing_ref::normal_vector<double>(s.H * (2 * s.Nq - 1), seed + 5, 2.0)
                      : std::vector<double>{};
+  for (size_t t = 0; t < bias.size(); ++t)  // + slope * (j - i)
+    bias[t] += bias_slope * double(int64_t(t % (2 * s.Nq - 1)) - (s.Nq - 1));
   auto mask = f.mask ? make_mask(s.B, s.Nk, seed + 6) : std::vector<uint8_t>{};
   // The reference sees the inputs rounded to T, as the kernel does.
   auto round = [](std::vector<double> x) {
@@ -308,6 +311,15 @@ TEST(SoftmaxAttention, DifferentQueryAndKeyLengths) {
 // Logits of magnitude ~100: exp would overflow float without the running max.
 TEST(SoftmaxAttention, LargeLogitsStayFinite) {
   check_case<float>({1, 2, 300, 300, 16, 16}, {true, true, true, Layout::kContiguous}, 4000, 25.0);
+}
+
+// A bias growing with j - i by 0.5 per key: every key block's logits outgrow the running max
+// of the previous ones by ~64 (far past exp's float range), so the forward's online softmax
+// must move its reference block after block.
+TEST(SoftmaxAttention, LogitsGrowingAcrossKeyBlocks) {
+  check_case<float>({1, 2, 700, 700, 32, 32}, {false, true, true, Layout::kContiguous}, 4100, 0, 0.5);
+  check_case<float>({1, 1, 700, 700, 16, 16}, {true, false, true, Layout::kBNHD}, 4200, 0, 0.5);
+  check_case<double>({1, 1, 300, 300, 16, 16}, {false, false, true, Layout::kContiguous}, 4300, 0, 0.5);
 }
 
 // Every result must be bit-identical with 1 and 2 threads (fixed work split and reductions).
