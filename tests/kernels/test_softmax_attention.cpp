@@ -295,10 +295,12 @@ TEST(SoftmaxAttention, GridLargeN) {
   check_case<double>({1, 1, 1025, 1025, 16, 16}, {true, true, true, Layout::kBNHD}, 2100);
 }
 
-// Nq != Nk (no causal, no bias), with and without mask, and value dims unlike the key dims.
+// Nq != Nk (no causal, no bias), with and without mask, value dims unlike the key dims, and
+// empty key or query sets (every output row then zero, lse -inf).
 TEST(SoftmaxAttention, DifferentQueryAndKeyLengths) {
   const Shape shapes[] = {{1, 3, 97, 128, 16, 16}, {3, 1, 128, 1, 59, 7}, {1, 1, 1, 97, 64, 128},
-                          {3, 3, 2, 300, 16, 1},   {1, 2, 300, 700, 32, 48}};
+                          {3, 3, 2, 300, 16, 1},   {1, 2, 300, 700, 32, 48},
+                          {2, 2, 5, 0, 8, 8},      {2, 1, 0, 5, 8, 8}};  // no keys; no queries
   int counter = 0;
   for (const Shape& s : shapes)
     for (bool mask : {false, true}) {
