@@ -28,13 +28,13 @@ constexpr int64_t kTargetItems = 8;
 template <class T>
 struct BackwardScratch {
   sa::Scratch<T> St, dSt, Qt, dOt, lse2, Di;
-  void reserve(int64_t nqb, int64_t D, int64_t Dv) {
-    St.resize(sa::kBlockK * sa::kBlockQ);
-    dSt.resize(sa::kBlockK * sa::kBlockQ);
-    Qt.resize(nqb * D * sa::kBlockQ);  // [query block][D][kBlockQ]
-    dOt.resize(nqb * Dv * sa::kBlockQ);
-    lse2.resize(nqb * sa::kBlockQ);
-    Di.resize(nqb * sa::kBlockQ);
+  void reserve(int64_t nqb, int64_t BQ, int64_t D, int64_t Dv) {
+    St.resize(sa::kBlockK * BQ);
+    dSt.resize(sa::kBlockK * BQ);
+    Qt.resize(nqb * D * BQ);  // [query block][D][BQ]
+    dOt.resize(nqb * Dv * BQ);
+    lse2.resize(nqb * BQ);
+    Di.resize(nqb * BQ);
   }
 };
 
@@ -59,7 +59,8 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
     return;
   }
 
-  const int64_t nqb = sa::ceil_div(Nq, sa::kBlockQ), nkb = sa::ceil_div(Nk, sa::kBlockK);
+  const int64_t BQ = sa::query_block(p.causal);
+  const int64_t nqb = sa::ceil_div(Nq, BQ), nkb = sa::ceil_div(Nk, sa::kBlockK);
   const int64_t blocks_per_group =
       sa::ceil_div(nkb, std::min(nkb, sa::ceil_div(kTargetItems, B * H)));
   const int64_t groups = sa::ceil_div(nkb, blocks_per_group);  // none of them empty
@@ -77,12 +78,12 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
   const int threads = p.threads > 0 ? p.threads : omp_get_max_threads();
   std::vector<BackwardScratch<T>> scratch(static_cast<size_t>(threads));
   const std::vector<T> rbias = sa::reversed_bias(p.rel_bias, p.rel_bias_stride_h, H, Nq);
-  constexpr int64_t ld = sa::kBlockQ;  // row stride of the packed and score tiles
+  const int64_t ld = BQ;  // row stride of the packed and score tiles
 
   parallel_for(B * H * groups, threads, [&](int64_t item) {
     const int64_t grp = item % groups, h = (item / groups) % H, b = item / (groups * H);
     BackwardScratch<T>& ws = scratch[static_cast<size_t>(thread_index())];
-    ws.reserve(nqb, D, Dv);
+    ws.reserve(nqb, BQ, D, Dv);
     T *St = ws.St.data(), *dSt = ws.dSt.data(), *lse2 = ws.lse2.data(), *Di = ws.Di.data();
     const T* lse = g.lse + (b * H + h) * Nq;
     for (int64_t i = 0; i < Nq; ++i) {
@@ -92,8 +93,8 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
       T di = 0;
       for (int64_t c = 0; c < Dv; ++c) di += o[c] * dout[c];
       Di[i] = di;
-      T* qt = ws.Qt.data() + (i / sa::kBlockQ) * D * ld + i % sa::kBlockQ;
-      T* dot = ws.dOt.data() + (i / sa::kBlockQ) * Dv * ld + i % sa::kBlockQ;
+      T* qt = ws.Qt.data() + (i / BQ) * D * ld + i % BQ;
+      T* dot = ws.dOt.data() + (i / BQ) * Dv * ld + i % BQ;
       const T* q = p.q.row(b, h, i);
       for (int64_t d = 0; d < D; ++d) qt[d * ld] = q[d];
       for (int64_t d = 0; d < Dv; ++d) dot[d * ld] = dout[d];
@@ -120,9 +121,9 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
       T* dk = g.grad_k.row(b, h, j0);
       T* dv = g.grad_v.row(b, h, j0);
       // With causal masking, queries before j0 see none of these keys.
-      const int64_t qb_begin = p.causal ? j0 / sa::kBlockQ : 0;
+      const int64_t qb_begin = p.causal ? j0 / BQ : 0;
       for (int64_t qb = qb_begin; qb < nqb; ++qb) {
-        const sa::Tile t{qb * sa::kBlockQ, std::min(sa::kBlockQ, Nq - qb * sa::kBlockQ), j0, nj};
+        const sa::Tile t{qb * BQ, std::min(BQ, Nq - qb * BQ), j0, nj};
         const int64_t ni = t.ni, i0 = t.i0;
         const T* Qt = ws.Qt.data() + qb * D * ld;
         const T* dOt = ws.dOt.data() + qb * Dv * ld;

@@ -32,11 +32,11 @@ constexpr double kMaxTileSum = 4294967296.0;
 template <class T>
 struct ForwardScratch {
   sa::Scratch<T> Qt, St, O, ref, l, shift, alpha, sum;
-  void reserve(int64_t D, int64_t Dv) {
-    Qt.resize(D * sa::kBlockQ);
-    St.resize(sa::kBlockK * sa::kBlockQ);
-    O.resize(sa::kBlockQ * Dv);
-    for (auto* v : {&ref, &l, &shift, &alpha, &sum}) v->resize(sa::kBlockQ);
+  void reserve(int64_t BQ, int64_t D, int64_t Dv) {
+    Qt.resize(D * BQ);
+    St.resize(sa::kBlockK * BQ);
+    O.resize(BQ * Dv);
+    for (auto* v : {&ref, &l, &shift, &alpha, &sum}) v->resize(BQ);
   }
 };
 
@@ -46,7 +46,8 @@ template <class T>
 void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, T* lse) {
   const int64_t B = p.q.B, H = p.q.H, Nq = p.q.N, Nk = p.k.N, D = p.q.D, Dv = p.v.D;
   if (B == 0 || H == 0 || Nq == 0) return;
-  const int64_t nqb = sa::ceil_div(Nq, sa::kBlockQ), nkb = sa::ceil_div(Nk, sa::kBlockK);
+  const int64_t BQ = sa::query_block(p.causal);
+  const int64_t nqb = sa::ceil_div(Nq, BQ), nkb = sa::ceil_div(Nk, sa::kBlockK);
   const sa::KeyMask<T> mask(p.key_padding_mask, p.mask_stride_b, B, Nk, sa::kBlockK);
   const T qk_scale = T(p.scale * sa::kLog2e);
 
@@ -54,13 +55,13 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
   std::vector<ForwardScratch<T>> scratch(static_cast<size_t>(threads));
 
   const std::vector<T> rbias = sa::reversed_bias(p.rel_bias, p.rel_bias_stride_h, H, Nq);
-  constexpr int64_t ld = sa::kBlockQ;  // row stride of Q^T and of the score tile
+  const int64_t ld = BQ;  // row stride of Q^T and of the score tile
 
   parallel_for(B * H * nqb, threads, [&](int64_t item) {
     const int64_t qb = item % nqb, h = (item / nqb) % H, b = item / (nqb * H);
-    const int64_t i0 = qb * sa::kBlockQ, ni = std::min(sa::kBlockQ, Nq - i0);
+    const int64_t i0 = qb * BQ, ni = std::min(BQ, Nq - i0);
     ForwardScratch<T>& ws = scratch[static_cast<size_t>(thread_index())];
-    ws.reserve(D, Dv);
+    ws.reserve(BQ, D, Dv);
     T *Qt = ws.Qt.data(), *St = ws.St.data(), *O = ws.O.data(), *ref = ws.ref.data(),
       *l = ws.l.data(), *shift = ws.shift.data(), *alpha = ws.alpha.data(), *sum = ws.sum.data();
     for (int64_t c = 0; c < ni; ++c) {

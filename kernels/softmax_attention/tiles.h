@@ -21,10 +21,12 @@
 
 namespace longattn::kernels::softmax_attention_detail {
 
-// Query and key block sizes. A score tile (128 x 128 floats, 64 KiB) stays in L2, and every
-// GEMM operand panel (at most 128 x 64 floats) in the 48 KiB L1.
-constexpr int64_t kBlockQ = 128;
+// Block sizes. Key blocks of 128; query blocks of 256, which amortise each K / V block over
+// more queries (it matters once K and V outgrow L2), or 128 with causal masking, which wastes
+// less on the tiles astride the diagonal. A score tile (128 x 256 floats, 128 KiB) stays in L2
+// and the GEMM operand panels (at most 256 x 64 floats) in L1 or L2.
 constexpr int64_t kBlockK = 128;
+inline int64_t query_block(bool causal) { return causal ? 128 : 256; }
 
 constexpr double kLog2e = 1.4426950408889634;
 constexpr double kLn2 = 0.6931471805599453;
