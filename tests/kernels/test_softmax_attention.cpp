@@ -41,10 +41,10 @@ RefResult reference(const Shape& s, const std::vector<double>& q, const std::vec
   std::vector<bool> allowed(Nk);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
-      const double* Q = &q[(b * H + h) * Nq * D];
-      const double* K = &k[(b * H + h) * Nk * D];
-      const double* V = &v[(b * H + h) * Nk * Dv];
-      const double* dO = &dout[(b * H + h) * Nq * Dv];
+      const double* Q = q.data() + (b * H + h) * Nq * D;
+      const double* K = k.data() + (b * H + h) * Nk * D;
+      const double* V = v.data() + (b * H + h) * Nk * Dv;
+      const double* dO = dout.data() + (b * H + h) * Nq * Dv;
       for (int64_t i = 0; i < Nq; ++i) {
         double mx = -INFINITY;
         for (int64_t j = 0; j < Nk; ++j) {
@@ -61,7 +61,7 @@ RefResult reference(const Shape& s, const std::vector<double>& q, const std::vec
         for (int64_t j = 0; j < Nk; ++j) z += allowed[j] ? std::exp(logit[j] - mx) : 0.0;
         r.lse[(b * H + h) * Nq + i] = mx + std::log(z);
         for (int64_t j = 0; j < Nk; ++j) prob[j] = allowed[j] ? std::exp(logit[j] - mx) / z : 0.0;
-        double* O = &r.out[((b * H + h) * Nq + i) * Dv];
+        double* O = r.out.data() + ((b * H + h) * Nq + i) * Dv;
         for (int64_t j = 0; j < Nk; ++j)
           for (int64_t c = 0; c < Dv; ++c) O[c] += prob[j] * V[j * Dv + c];
         // Gradient of softmax: dlogit_j = p_j (dp_j - sum_l p_l dp_l), dp_j = dO_i . v_j.
