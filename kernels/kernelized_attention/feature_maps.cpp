@@ -5,6 +5,7 @@
 #include <initializer_list>
 
 #include "kernels/common/blas.h"
+#include "kernels/kernelized_attention/vec_exp.h"
 
 namespace longattn::kernels {
 
@@ -55,7 +56,7 @@ void feature_map_forward(const FeatureMapSpec<T>& s, const T* x, int64_t ldx, in
         const T* xr = x + r * ldx;
         T* pr = phi + r * ldphi;
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) pr[d] = xr[d] > T(0) ? xr[d] + T(1) : std::exp(xr[d]);
+        for (int64_t d = 0; d < D; ++d) pr[d] = xr[d] > T(0) ? xr[d] + T(1) : vexp(xr[d]);
       }
       return;
     case FeatureMap::relu:
@@ -73,7 +74,7 @@ void feature_map_forward(const FeatureMapSpec<T>& s, const T* x, int64_t ldx, in
         const T c = row_max(xr, D, argmax ? argmax + r : nullptr);
         if (shift) shift[r] = c;
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) pr[d] = std::exp(xr[d] - c);
+        for (int64_t d = 0; d < D; ++d) pr[d] = vexp(xr[d] - c);
       }
       return;
     case FeatureMap::favor: {
@@ -91,7 +92,7 @@ void feature_map_forward(const FeatureMapSpec<T>& s, const T* x, int64_t ldx, in
         const T c0 = row_max(pr, m, argmax ? argmax + r : nullptr);
         if (shift) shift[r] = c0 - half_sq;
 #pragma omp simd
-        for (int64_t f = 0; f < m; ++f) pr[f] = std::exp(pr[f] - c0) * inv_sqrt_m;
+        for (int64_t f = 0; f < m; ++f) pr[f] = vexp(pr[f] - c0) * inv_sqrt_m;
       }
       return;
     }

@@ -127,12 +127,14 @@ void numerator_grads(const Head<T>& s, const HeadGrads<T>& g, int64_t i0, int64_
 
 // out_i = numer_i[0:Dv] / (numer_i[Dv] + eps); exact zeros are written as +0 so that the
 // output bits do not depend on the sign of a product with a zero weight.
+// inv_out (nullable) receives the inverse denominators for the backward.
 template <class T>
-void write_output(const Head<T>& s, const T* numer, int64_t n, T* out, int64_t sout) {
+void write_output(const Head<T>& s, const T* numer, int64_t n, T* out, int64_t sout, T* inv_out) {
   const int64_t Dv = s.Dv;
   for (int64_t i = 0; i < n; ++i) {
     const T* row = numer + i * (Dv + 1);
     const T inv = s.inverse_denominator(row[Dv]);
+    if (inv_out) inv_out[i] = inv;
     T* o = out + i * sout;
     for (int64_t c = 0; c < Dv; ++c) {
       const T val = row[c] * inv;
@@ -143,8 +145,8 @@ void write_output(const Head<T>& s, const T* numer, int64_t n, T* out, int64_t s
 
 // Per-(b, h) work of the two paths (kernelized_causal.cpp, kernelized_attention.cpp).
 template <class T>
-void causal_forward_head(const Head<T>& s, int64_t chunk, T* out, int64_t sout);
+void causal_forward_head(const Head<T>& s, int64_t chunk, T* out, int64_t sout, T* inv_out);
 template <class T>
-void causal_backward_head(const Head<T>& s, const HeadGrads<T>& g, int64_t chunk);
+void causal_backward_head(const Head<T>& s, const HeadGrads<T>& g, int64_t chunk, const T* inv);
 
 }  // namespace longattn::kernels::kernelized_detail

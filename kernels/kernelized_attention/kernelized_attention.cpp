@@ -53,7 +53,7 @@ void accumulate_keys(const Head<T>& s, KeyState<T>& st, T* phi, T* c, int32_t* a
 }
 
 template <class T>
-void forward_head(const Head<T>& s, T* out, int64_t sout) {
+void forward_head(const Head<T>& s, T* out, int64_t sout, T* inv_out) {
   const int64_t m = s.m, W = s.Dv + 1, C = kRowBlock;
   std::vector<T> phi(C * m), c(C), vaug(C * W), numer(C * W);
   std::vector<int32_t> arg(C);
@@ -67,12 +67,12 @@ void forward_head(const Head<T>& s, T* out, int64_t sout) {
       s.queries(i0, n, phi.data(), c.data(), arg.data());
       gemm(false, false, n, W, m, T(1), phi.data(), m, st.S.data(), W, T(0), numer.data(), W);
     }
-    write_output(s, numer.data(), n, out + i0 * sout, sout);
+    write_output(s, numer.data(), n, out + i0 * sout, sout, inv_out ? inv_out + i0 : nullptr);
   }
 }
 
 template <class T>
-void backward_head(const Head<T>& s, const HeadGrads<T>& g) {
+void backward_head(const Head<T>& s, const HeadGrads<T>& g, const T* saved_inv) {
   const int64_t m = s.m, Dv = s.Dv, W = Dv + 1, C = kRowBlock;
   std::vector<T> phi(C * m), c(C), vaug(C * W), numer(C * W), gn(C * W), gphi(C * m), inv(C),
       delta(C);
@@ -93,8 +93,12 @@ void backward_head(const Head<T>& s, const HeadGrads<T>& g) {
   for (int64_t i0 = 0; i0 < s.Nq; i0 += C) {
     const int64_t n = std::min(C, s.Nq - i0);
     s.queries(i0, n, phi.data(), c.data(), arg.data());
-    gemm(false, false, n, W, m, T(1), phi.data(), m, st.S.data(), W, T(0), numer.data(), W);
-    for (int64_t i = 0; i < n; ++i) inv[i] = s.inverse_denominator(numer[i * W + Dv]);
+    if (saved_inv) {
+      std::copy_n(saved_inv + i0, n, inv.data());
+    } else {
+      gemm(false, false, n, W, m, T(1), phi.data(), m, st.S.data(), W, T(0), numer.data(), W);
+      for (int64_t i = 0; i < n; ++i) inv[i] = s.inverse_denominator(numer[i * W + Dv]);
+    }
     numerator_grads(s, g, i0, n, inv.data(), gn.data(), delta.data());
     gemm(false, true, n, m, W, T(1), gn.data(), W, st.S.data(), W, T(0), gphi.data(), m);
     feature_map_backward(s.fm, s.q + i0 * s.sq, s.sq, n, phi.data(), m, arg.data(), gphi.data(),
@@ -130,17 +134,19 @@ void backward_head(const Head<T>& s, const HeadGrads<T>& g) {
 }  // namespace kernelized_detail
 
 template <class T>
-void kernelized_attention_forward(const KernelizedAttentionParams<T>& p, BHND<T> out) {
+void kernelized_attention_forward(const KernelizedAttentionParams<T>& p, BHND<T> out,
+                                  T* inv_denom) {
   using namespace kernelized_detail;
   const int64_t B = p.q.B, H = p.q.H;
   const int64_t chunk = p.chunk > 0 ? p.chunk : 64;
   parallel_for(B * H, p.threads, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
     const Head<T> s = head_of(p, b, h);
+    T* inv = inv_denom ? inv_denom + bh * p.q.N : nullptr;
     if (p.causal)
-      causal_forward_head(s, chunk, out.row(b, h, 0), out.sn);
+      causal_forward_head(s, chunk, out.row(b, h, 0), out.sn, inv);
     else
-      forward_head(s, out.row(b, h, 0), out.sn);
+      forward_head(s, out.row(b, h, 0), out.sn, inv);
   });
 }
 
@@ -154,17 +160,18 @@ void kernelized_attention_backward(const KernelizedAttentionParams<T>& p,
     const int64_t b = bh / H, h = bh % H;
     const Head<T> s = head_of(p, b, h);
     const HeadGrads<T> hg = head_grads_of(g, b, h);
+    const T* inv = g.inv_denom ? g.inv_denom + bh * p.q.N : nullptr;
     if (p.causal)
-      causal_backward_head(s, hg, chunk);
+      causal_backward_head(s, hg, chunk, inv);
     else
-      backward_head(s, hg);
+      backward_head(s, hg, inv);
   });
 }
 
 template void kernelized_attention_forward<float>(const KernelizedAttentionParams<float>&,
-                                                  BHND<float>);
+                                                  BHND<float>, float*);
 template void kernelized_attention_forward<double>(const KernelizedAttentionParams<double>&,
-                                                   BHND<double>);
+                                                   BHND<double>, double*);
 template void kernelized_attention_backward<float>(const KernelizedAttentionParams<float>&,
                                                    const KernelizedAttentionGrads<float>&);
 template void kernelized_attention_backward<double>(const KernelizedAttentionParams<double>&,

@@ -10,7 +10,8 @@
 // Backward: with gn_i the gradient of the augmented numerator (head.h),
 //   g qf_i  = sum_{j<=i} P_ij phi_j          P_ij = (gn_i . [v_j, 1]) e^{c_j - R_i}
 //   g phi_j = sum_{i>=j} P_ij qf_i,   g v_j = sum_{i>=j} w_ij gn_i[0:Dv].
-// The first is a forward scan (recomputing S'), the other two a reverse scan with the state
+// The first is a forward scan (recomputing S'; the denominators come from the forward when
+// it saved them), the other two a reverse scan with the state
 // G = sum_{i later} qf_i gn_i^T e^{rho - R_i}, rho = running maximum at the end of the chunk
 // (so e^{c_j - rho} <= 1 for the chunk's keys and e^{rho - R_i} <= 1 for later queries).
 // The maxima route their (eps-sized) gradient to the key and feature that attain them.
@@ -19,6 +20,7 @@
 
 #include "kernels/common/blas.h"
 #include "kernels/kernelized_attention/head.h"
+#include "kernels/kernelized_attention/vec_exp.h"
 
 namespace longattn::kernels::kernelized_detail {
 namespace {
@@ -53,9 +55,17 @@ T running_max(const T* c, int64_t n, int64_t t0, T run, int64_t* run_owner, T* R
 // M[i][j] *= e^{c_j - R_i} for j <= i, 0 for j > i (M is n x n with row stride C).
 template <class T>
 void causal_scale(const Head<T>& s, T* M, int64_t C, int64_t n, const T* c, const T* R) {
+  (void)s;
   for (int64_t i = 0; i < n; ++i) {
     T* row = M + i * C;
-    for (int64_t j = 0; j <= i; ++j) row[j] *= s.fac(c[j], R[i]);
+    const T Ri = R[i];
+    if (Ri == neg_inf<T>()) {  // no key so far: the row is empty (avoids -inf - -inf)
+      std::fill(row, row + n, T(0));
+      continue;
+    }
+    // vexp(-inf) = 0 removes masked keys; elu/relu exponents are 0, vexp(0) = 1 exactly.
+#pragma omp simd
+    for (int64_t j = 0; j <= i; ++j) row[j] *= vexp(c[j] - Ri);
     std::fill(row + i + 1, row + n, T(0));
   }
 }
@@ -77,15 +87,19 @@ void advance_state(const Head<T>& s, Chunk<T>& w, int64_t n, T from, T to) {
        w.W);
 }
 
-// Chunk-local part shared by forward and backward: features, maxima and the scaled w.
+// Chunk-local features and running maxima; returns the maximum at the chunk's end.
 template <class T>
-T chunk_weights(const Head<T>& s, Chunk<T>& w, int64_t t0, int64_t n, T run, int64_t* run_owner) {
+T chunk_features(const Head<T>& s, Chunk<T>& w, int64_t t0, int64_t n, T run, int64_t* run_owner) {
   s.keys(t0, n, w.kf.data(), w.ck.data(), w.argk.data(), w.vaug.data());
   s.queries(t0, n, w.qf.data(), w.cq.data(), w.argq.data());
-  run = running_max(w.ck.data(), n, t0, run, run_owner, w.R.data(), w.owner.data());
+  return running_max(w.ck.data(), n, t0, run, run_owner, w.R.data(), w.owner.data());
+}
+
+// The chunk's masked, scaled weights A = [w_ij].
+template <class T>
+void chunk_weights(const Head<T>& s, Chunk<T>& w, int64_t n) {
   gemm(false, true, n, n, w.m, T(1), w.qf.data(), w.m, w.kf.data(), w.m, T(0), w.A.data(), w.C);
   causal_scale(s, w.A.data(), w.C, n, w.ck.data(), w.R.data());
-  return run;
 }
 
 // numer = A vaug + e^{prev - R_i} qf_i S'.
@@ -106,22 +120,24 @@ void chunk_numerator(const Head<T>& s, Chunk<T>& w, int64_t n, T prev) {
 }  // namespace
 
 template <class T>
-void causal_forward_head(const Head<T>& s, int64_t chunk, T* out, int64_t sout) {
+void causal_forward_head(const Head<T>& s, int64_t chunk, T* out, int64_t sout, T* inv_out) {
   Chunk<T> w(chunk, s.m, s.Dv);
   T prev = neg_inf<T>();
   int64_t owner = -1;
   for (int64_t t0 = 0; t0 < s.Nq; t0 += chunk) {
     const int64_t n = std::min(chunk, s.Nq - t0);
-    const T end = chunk_weights(s, w, t0, n, prev, &owner);
+    const T end = chunk_features(s, w, t0, n, prev, &owner);
+    chunk_weights(s, w, n);
     chunk_numerator(s, w, n, prev);
-    write_output(s, w.numer.data(), n, out + t0 * sout, sout);
+    write_output(s, w.numer.data(), n, out + t0 * sout, sout, inv_out ? inv_out + t0 : nullptr);
     advance_state(s, w, n, prev, end);
     if (end != neg_inf<T>()) prev = end;
   }
 }
 
 template <class T>
-void causal_backward_head(const Head<T>& s, const HeadGrads<T>& g, int64_t chunk) {
+void causal_backward_head(const Head<T>& s, const HeadGrads<T>& g, int64_t chunk,
+                          const T* saved_inv) {
   const int64_t N = s.Nq, m = s.m, Dv = s.Dv, W = Dv + 1, C = chunk;
   Chunk<T> w(chunk, m, Dv);
   // O(N) per (b, h): running maxima, inverse denominators, stabiliser gradient per key.
@@ -132,10 +148,14 @@ void causal_backward_head(const Head<T>& s, const HeadGrads<T>& g, int64_t chunk
   int64_t owner = -1;
   for (int64_t t0 = 0; t0 < N; t0 += C) {
     const int64_t n = std::min(C, N - t0);
-    const T end = chunk_weights(s, w, t0, n, prev, &owner);
-    chunk_numerator(s, w, n, prev);
+    const T end = chunk_features(s, w, t0, n, prev, &owner);
+    if (!saved_inv) {
+      chunk_weights(s, w, n);
+      chunk_numerator(s, w, n, prev);
+    }
     for (int64_t i = 0; i < n; ++i) {
-      w.inv[i] = w.R[i] == neg_inf<T>() ? T(0) : s.inverse_denominator(w.numer[i * W + Dv]);
+      const T inv = saved_inv ? saved_inv[t0 + i] : s.inverse_denominator(w.numer[i * W + Dv]);
+      w.inv[i] = w.R[i] == neg_inf<T>() ? T(0) : inv;
       R_all[t0 + i] = w.R[i];
       inv_all[t0 + i] = w.inv[i];
     }
@@ -224,9 +244,11 @@ void causal_backward_head(const Head<T>& s, const HeadGrads<T>& g, int64_t chunk
   }
 }
 
-template void causal_forward_head<float>(const Head<float>&, int64_t, float*, int64_t);
-template void causal_forward_head<double>(const Head<double>&, int64_t, double*, int64_t);
-template void causal_backward_head<float>(const Head<float>&, const HeadGrads<float>&, int64_t);
-template void causal_backward_head<double>(const Head<double>&, const HeadGrads<double>&, int64_t);
+template void causal_forward_head<float>(const Head<float>&, int64_t, float*, int64_t, float*);
+template void causal_forward_head<double>(const Head<double>&, int64_t, double*, int64_t, double*);
+template void causal_backward_head<float>(const Head<float>&, const HeadGrads<float>&, int64_t,
+                                          const float*);
+template void causal_backward_head<double>(const Head<double>&, const HeadGrads<double>&, int64_t,
+                                           const double*);
 
 }  // namespace longattn::kernels::kernelized_detail

@@ -126,7 +126,8 @@ inline std::vector<double> reference(const Problem& p) {
 }
 
 // Runs the kernel on the problem in type T; `bnhd` stores q, k, v as [B, N, H, D] and passes
-// them with those strides. Returns out (and, when gout is given, the gradients) as double.
+// them with those strides; save_denominators passes the forward's denominators to the
+// backward (otherwise the backward recomputes them). Returns out (and, when gout is given, the gradients) as double.
 template <class T>
 struct Run {
   std::vector<double> out, gq, gk, gv;
@@ -139,7 +140,7 @@ std::vector<T> cast(const std::vector<double>& x) {
 
 template <class T>
 Run<T> run_kernel(const Problem& p, const std::vector<double>* gout = nullptr, int threads = 2,
-                  int64_t chunk = 0, bool bnhd = false) {
+                  int64_t chunk = 0, bool bnhd = false, bool save_denominators = true) {
   using namespace longattn::kernels;
   auto layout = [&](const std::vector<double>& x, int64_t N, int64_t D, std::vector<T>& buf) {
     buf.resize(x.size());
@@ -170,7 +171,8 @@ Run<T> run_kernel(const Problem& p, const std::vector<double>* gout = nullptr, i
   prm.chunk = chunk;
   std::vector<T> out(p.B * p.H * p.Nq * p.Dv);
   auto ov = BHND<T>::contiguous(out.data(), p.B, p.H, p.Nq, p.Dv);
-  kernelized_attention_forward(prm, ov);
+  std::vector<T> inv(p.B * p.H * p.Nq);
+  kernelized_attention_forward(prm, ov, save_denominators ? inv.data() : nullptr);
   Run<T> r;
   r.out.assign(out.begin(), out.end());
   if (!gout) return r;
@@ -181,6 +183,7 @@ Run<T> run_kernel(const Problem& p, const std::vector<double>* gout = nullptr, i
   g.grad_q = BHND<T>::contiguous(gq.data(), p.B, p.H, p.Nq, p.D);
   g.grad_k = BHND<T>::contiguous(gk.data(), p.B, p.H, p.Nk, p.D);
   g.grad_v = BHND<T>::contiguous(gv.data(), p.B, p.H, p.Nk, p.Dv);
+  g.inv_denom = save_denominators ? inv.data() : nullptr;
   kernelized_attention_backward(prm, g);
   r.gq.assign(gq.begin(), gq.end());
   r.gk.assign(gk.begin(), gk.end());

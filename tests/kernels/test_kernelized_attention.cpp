@@ -102,6 +102,11 @@ TEST(KernelizedAttention, GradientsMatchFiniteDifferences) {
         p.eps = eps;
         const auto G = testing_ref::random_vector<double>(p.B * p.H * p.Nq * p.Dv, 5);
         const auto r = run_kernel<double>(p, &G, 2, 4);
+        // The backward that recomputes the denominators agrees with the one that reuses them.
+        const auto r2 = run_kernel<double>(p, &G, 2, 4, false, false);
+        EXPECT_LE(testing_ref::max_scaled_error(r2.gq, r.gq, 1e-12, 1e-12), 1);
+        EXPECT_LE(testing_ref::max_scaled_error(r2.gk, r.gk, 1e-12, 1e-12), 1);
+        EXPECT_LE(testing_ref::max_scaled_error(r2.gv, r.gv, 1e-12, 1e-12), 1);
         auto loss = [&](const Problem& pp) {
           const auto o = run_kernel<double>(pp, nullptr, 1, 4).out;
           double s = 0;
