@@ -131,6 +131,16 @@ void backward_head(const Head<T>& s, const HeadGrads<T>& g, const T* saved_inv) 
 }
 
 }  // namespace
+
+// Threads worth starting: a parallel region costs tens of microseconds (far more on a loaded
+// machine), more than a small problem's whole work, so small problems run inline.
+template <class T>
+int effective_threads(const KernelizedAttentionParams<T>& p) {
+  const double work = double(p.q.B) * p.q.H * std::max(p.q.N, p.k.N) *
+                      kernelized_feature_dim(p) * (p.v.D + 1);
+  return work < double(1 << 20) ? 1 : p.threads;
+}
+
 }  // namespace kernelized_detail
 
 template <class T>
@@ -139,7 +149,7 @@ void kernelized_attention_forward(const KernelizedAttentionParams<T>& p, BHND<T>
   using namespace kernelized_detail;
   const int64_t B = p.q.B, H = p.q.H;
   const int64_t chunk = p.chunk > 0 ? p.chunk : 64;
-  parallel_for(B * H, p.threads, [&](int64_t bh) {
+  parallel_for(B * H, effective_threads(p), [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
     const Head<T> s = head_of(p, b, h);
     T* inv = inv_denom ? inv_denom + bh * p.q.N : nullptr;
@@ -156,7 +166,7 @@ void kernelized_attention_backward(const KernelizedAttentionParams<T>& p,
   using namespace kernelized_detail;
   const int64_t B = p.q.B, H = p.q.H;
   const int64_t chunk = p.chunk > 0 ? p.chunk : 64;
-  parallel_for(B * H, p.threads, [&](int64_t bh) {
+  parallel_for(B * H, effective_threads(p), [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
     const Head<T> s = head_of(p, b, h);
     const HeadGrads<T> hg = head_grads_of(g, b, h);

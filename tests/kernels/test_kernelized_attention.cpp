@@ -82,9 +82,14 @@ TEST(KernelizedAttention, StridesChunksAndThreads) {
           const auto r = run_kernel<double>(p, nullptr, 3, chunk, bnhd);
           EXPECT_LE(testing_ref::max_scaled_error(r.out, ref, 1e-12, 0), 1) << name_of(fm);
         }
-      // Same inputs and chunk, different thread counts: bit for bit.
-      const auto t3 = run_kernel<double>(p, nullptr, 3);
-      EXPECT_EQ(0, std::memcmp(base.out.data(), t3.out.data(), base.out.size() * sizeof(double)));
+      // Same inputs and chunk, different thread counts: bit for bit (a problem large enough
+      // for the kernel to start threads at all).
+      Problem big = make_problem(fm, causal, true, 2, 3, 1100, 16, 16, 12);
+      const auto g = testing_ref::random_vector<double>(big.B * big.H * big.Nq * big.Dv, 13);
+      const auto t1 = run_kernel<float>(big, &g, 1), t3 = run_kernel<float>(big, &g, 3);
+      for (auto [a, b] : {std::pair{&t1.out, &t3.out}, {&t1.gq, &t3.gq}, {&t1.gk, &t3.gk},
+                          {&t1.gv, &t3.gv}})
+        EXPECT_EQ(0, std::memcmp(a->data(), b->data(), a->size() * sizeof(double)));
     }
 }
 
