@@ -226,8 +226,9 @@ TEST(KernelizedAttention, FeatureMapNames) {
 }
 
 // kernels::gemm is called from inside parallel_for by every kernel: concurrent calls must
-// give the same bits as one call alone (shapes that the serial OpenBLAS got wrong without
-// the lock in kernels/common/blas.cpp).
+// give the same bits as one call alone. Debian's serial OpenBLAS 0.3.21 failed this (its
+// buffer table is claimed without a lock; about 1 run in 3 of this test caught it), which
+// is why the build links the pthread flavour with one thread per call.
 TEST(BlasConcurrency, ConcurrentGemmsAreCorrect) {
   const int64_t M = 64, N = 65, K = 4;
   const auto A = testing_ref::random_vector<float>(M * K, 1);
