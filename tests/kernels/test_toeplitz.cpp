@@ -199,7 +199,8 @@ TEST(Toeplitz, StridedInputAndPathsAgree) {
 }
 
 TEST(Toeplitz, PathChoice) {
-  EXPECT_EQ(toeplitz_choose_path(16, 64, false), ToeplitzPath::Direct);
+  EXPECT_EQ(toeplitz_choose_path(4, 64, false), ToeplitzPath::Direct);
+  EXPECT_EQ(toeplitz_choose_path(128, 64, false), ToeplitzPath::Fft);
   EXPECT_EQ(toeplitz_choose_path(65536, 64, false), ToeplitzPath::Fft);
 }
 
