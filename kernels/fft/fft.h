@@ -10,7 +10,7 @@
 // channels ride in one complex lane (real and imaginary part); a convolution with a real
 // kernel keeps them apart, so no unpacking step is needed.
 //
-// Lengths are powers of two (radix-4 steps, a radix-2 leaf). The forward transform is a
+// Lengths are 2^k or 3 * 2^k (one radix-3 step, then radix-4 steps and a radix-2 leaf). The forward transform is a
 // depth-first decimation in frequency that leaves the spectrum in a fixed permuted order; the
 // inverse takes that order back to natural order. Pointwise products of spectra (all a
 // convolution needs) do not care about the order, so no bit-reversal pass is ever made.
@@ -27,7 +27,7 @@ namespace longattn::kernels::fft {
 template <class T>
 constexpr int kLanes = static_cast<int>(64 / sizeof(T));
 
-// Smallest power of two >= n (n >= 1).
+// Smallest length of the form 2^k or 3 * 2^k that is >= n (n >= 1).
 int64_t fast_length(int64_t n);
 
 // Precomputed twiddles for one length; immutable once built, shared between threads.
@@ -38,11 +38,14 @@ struct Plan {
   // re/im of w^k, w^2k, w^3k with w = exp(-2 pi i / m), starting at twiddles[offset[log2 m]].
   std::vector<T> twiddles;
   std::vector<int64_t> offset;
+  // Lengths 3 * 2^k start with one radix-3 step: re/im of w^k, w^2k (w = exp(-2 pi i / n)),
+  // k < n / 3, four values per k.
+  std::vector<T> twiddles3;
   // order[p] = the frequency held at position p of the permuted spectrum.
   std::vector<int64_t> order;
 };
 
-// The plan for length n (a power of two), built once and cached; thread-safe.
+// The plan for length n (2^k or 3 * 2^k), built once and cached; thread-safe.
 template <class T>
 std::shared_ptr<const Plan<T>> plan(int64_t n);
 
