@@ -138,8 +138,8 @@ void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, T* den
       double a1 = 0;
       for (int64_t mm = 0; mm < m; ++mm) a1 += std::abs(double(a[mm]));
       const bool empty = first_key == N || (p.causal && first_key > i) || !(r[Dv] > noise * a1);
-      dn[i] = empty ? T(0) : r[Dv];
-      const T inv = empty ? T(0) : T(1) / r[Dv];
+      dn[i] = empty ? T(0) : r[Dv] + T(p.eps);
+      const T inv = empty ? T(0) : T(1) / dn[i];
       for (int64_t d = 0; d < Dv; ++d) o[d] = r[d] * inv;
     }
   });

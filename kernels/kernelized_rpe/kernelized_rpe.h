@@ -28,10 +28,14 @@ struct KernelizedRpeParams {
   const uint8_t* key_padding_mask = nullptr;  // [B, N], nonzero = the key takes part
   int64_t mask_stride_b = 0;
   bool causal = false;  // only keys j <= i
+  // Added to every nonempty row's denominator (as kernelized_attention's eps); 0 = the paper's
+  // exact ratio. Rows with no weighted key still give zeros.
+  double eps = 0.0;
   int threads = 0;
 };
 
-// Writes out [B, H, N, Dv] and den [B, H, N] (contiguous; the denominators, for the backward).
+// Writes out [B, H, N, Dv] and den [B, H, N] (contiguous; the denominators plus eps, 0 for
+// empty rows, for the backward).
 template <class T>
 void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, T* den);
 
