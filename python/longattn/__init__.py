@@ -17,6 +17,7 @@ if not _os.path.exists(_LIB):
 _torch.ops.load_library(_LIB)
 
 from ._softmax import softmax_attention  # noqa: E402
+from ._toeplitz import toeplitz_matmul, toeplitz_matmul_2d  # noqa: E402
 from ._info import info  # noqa: E402
 
-__all__ = ["softmax_attention", "info"]
+__all__ = ["softmax_attention", "toeplitz_matmul", "toeplitz_matmul_2d", "info"]
