@@ -125,7 +125,7 @@ void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, T* den
         if (key_on(p, b, j)) s += double(p.phi_k.row(b, h, j)[mm]) * p.phi_k.row(b, h, j)[mm];
       k2 = std::max(k2, s);
     }
-    const double noise = 8.0 * std::numeric_limits<T>::epsilon() * std::log2(double(L)) *
+    const double noise = std::numeric_limits<T>::epsilon() * std::log2(double(L)) *
                          std::sqrt(w2) * std::sqrt(k2);
     int64_t first_key = N;
     for (int64_t j = 0; j < N && first_key == N; ++j)

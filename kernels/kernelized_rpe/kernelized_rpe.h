@@ -9,6 +9,11 @@
 // chunks of at most 2W (one feature slice [m0, m0 + 2W) for one value column d), so extra
 // memory is O(L * 2W) per thread plus O(N (Dv + 1)), never O(N m Dv).
 //
+// Accuracy: the FFT's rounding error is absolute, ~eps log2(L) |w|_2 |phi_k column|_2 for the
+// whole head, not relative to each row. A row whose weighted key mass is far below that (a
+// causal row with few keys under a steep bias, in float) cannot be resolved; such rows, and
+// rows with no key, give zero outputs instead of noise. Use double for extreme biases.
+//
 // A zero denominator gives a zero output and no gradient. Masked keys act as phi_k_j = 0 and get
 // zero gradients for phi_k_j and v_j.
 #pragma once

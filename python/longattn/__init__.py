@@ -18,6 +18,8 @@ _torch.ops.load_library(_LIB)
 
 from ._softmax import softmax_attention  # noqa: E402
 from ._toeplitz import toeplitz_matmul, toeplitz_matmul_2d  # noqa: E402
+from ._kernelized_rpe import kernelized_rpe_attention  # noqa: E402
 from ._info import info  # noqa: E402
 
-__all__ = ["softmax_attention", "toeplitz_matmul", "toeplitz_matmul_2d", "info"]
+__all__ = ["softmax_attention", "toeplitz_matmul", "toeplitz_matmul_2d", "kernelized_rpe_attention",
+           "info"]

@@ -2,3 +2,4 @@
 #pragma once
 #include "longattn/softmax_attention.h"
 #include "longattn/toeplitz.h"
+#include "longattn/kernelized_rpe.h"
