@@ -1,0 +1,1 @@
+"""Attention modules built on the longattn operators (the Python twins of nn/ in C++)."""
