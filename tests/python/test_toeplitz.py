@@ -163,3 +163,45 @@ def test_kernelized_rpe_bad_input():
         longattn.kernelized_rpe_attention(fq, fq, torch.randn(1, 2, 5, 4), torch.randn(2, 5))
     with pytest.raises(RuntimeError, match=r"phi_k must have shape"):
         longattn.kernelized_rpe_attention(fq, torch.rand(1, 2, 6, 3), torch.randn(1, 2, 5, 4), torch.randn(2, 9))
+
+
+def test_kernelized_rpe_with_random_features_approaches_softmax_rel_bias():
+    # Positive random features phi(x) = exp(W x - |x|^2/2) / sqrt(m), W iid N(0, I), estimate
+    # exp(q.k) without bias, so z-hat approaches softmax(q.k + b) v. Derived bound: z-hat = N/D is
+    # a ratio of means over m iid features, X_r = sum_j w_j f_r(q) f_r(k_j) v_j and
+    # Y_r = sum_j w_j f_r(q) f_r(k_j); by the delta method z-hat - z ~ mean_r(X_r - z Y_r) / D, so
+    # E|z-hat - z|^2 ~ Var(X_r - z Y_r) / (m D^2). We estimate that variance from the same features
+    # and require the observed RMS error within 1.5x the prediction (plus a 1/m second-order
+    # allowance), and a 64x larger m to cut the error by at least 4x (theory: 8x).
+    gen = torch.Generator().manual_seed(1)
+    B, H, N, D, Dv = 1, 2, 48, 4, 3
+    # Small norms: the features are log-normal with relative variance ~ e^{|q+k|^2} - 1 per
+    # feature; larger norms give heavy tails that a few draws cannot sample (the RMS over draws
+    # then underestimates the error at small m and the 1/sqrt(m) law is not visible).
+    q = 0.25 * torch.randn(B, H, N, D, dtype=torch.float64, generator=gen)
+    k = 0.25 * torch.randn(B, H, N, D, dtype=torch.float64, generator=gen)
+    v = torch.randn(B, H, N, Dv, dtype=torch.float64, generator=gen)
+    b = 0.5 * torch.randn(H, 2 * N - 1, dtype=torch.float64, generator=gen)
+    exact = longattn.softmax_attention(q, k, v, rel_bias=b, scale=1.0)
+
+    def features(x, W):
+        return torch.exp(x @ W.T - 0.5 * (x * x).sum(-1, keepdim=True)) / W.shape[0] ** 0.5
+
+    errors = {}
+    for m in (64, 4096):
+        observed_sq, predicted_sq = 0.0, 0.0
+        for _ in range(8):  # independent feature draws: the error of one draw is shared by all rows
+            W = torch.randn(m, D, dtype=torch.float64, generator=gen)
+            fq, fk = features(q, W), features(k, W)
+            approx = longattn.kernelized_rpe_attention(fq, fk, v, b)
+            # Per-feature terms f_r(q_i) sum_j w_ij f_r(k_j) [v_j, 1], for the variance estimate.
+            wmat = toeplitz_dense((b - b.max(dim=1, keepdim=True).values).exp(), N).unsqueeze(0)
+            per = fq.unsqueeze(-1) * torch.einsum("bhij,bhjr,bhjd->bhird", wmat, fk,
+                                                  torch.cat([v, torch.ones_like(v[..., :1])], -1))
+            X, Y = per[..., :Dv] * m, per[..., Dv:] * m  # means over r are N-hat, D-hat
+            var = (X - exact.unsqueeze(-2) * Y).var(-2) / (m * Y.mean(-2) ** 2)
+            predicted_sq += var.mean().item() / 8
+            observed_sq += (approx - exact).pow(2).mean().item() / 8
+        assert observed_sq ** 0.5 <= 1.5 * predicted_sq ** 0.5 + 1.0 / m, (m, observed_sq, predicted_sq)
+        errors[m] = observed_sq ** 0.5
+    assert errors[4096] <= errors[64] / 4, errors  # theory: 8x
