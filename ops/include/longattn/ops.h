@@ -3,3 +3,4 @@
 #include "longattn/softmax_attention.h"
 #include "longattn/toeplitz.h"
 #include "longattn/kernelized_rpe.h"
+#include "longattn/shatter.h"
