@@ -17,18 +17,11 @@ if not _os.path.exists(_LIB):
 _torch.ops.load_library(_LIB)
 
 from ._softmax import softmax_attention  # noqa: E402
-<<<<<<< HEAD
 from ._toeplitz import toeplitz_matmul, toeplitz_matmul_2d  # noqa: E402
 from ._kernelized_rpe import kernelized_rpe_attention  # noqa: E402
-=======
 from ._shatter import shatter_attention  # noqa: E402
->>>>>>> main
 from ._info import info  # noqa: E402
 from . import nn  # noqa: E402
 
-<<<<<<< HEAD
 __all__ = ["softmax_attention", "toeplitz_matmul", "toeplitz_matmul_2d", "kernelized_rpe_attention",
-           "info"]
-=======
-__all__ = ["softmax_attention", "shatter_attention", "nn", "info"]
->>>>>>> main
+           "shatter_attention", "nn", "info"]
