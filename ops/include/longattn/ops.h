@@ -2,4 +2,6 @@
 #pragma once
 #include "longattn/softmax_attention.h"
 #include "longattn/kernelized_attention.h"
+#include "longattn/toeplitz.h"
+#include "longattn/kernelized_rpe.h"
 #include "longattn/shatter.h"
