@@ -3,7 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <omp.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "kernels/common/tensor_view.h"
 #include "kernels/yoso/yoso.h"
@@ -61,6 +66,37 @@ inline float fast_acos(float x) {
   return x < 0 ? 3.14159265358979f - r : r;
 }
 inline double fast_acos(double x) { return std::acos(x); }
+
+// A growable scratch array on 2 MiB-aligned memory advised to use transparent huge pages: the LSH
+// kernels touch its rows in random order, and with 4 KiB pages nearly every touch of a large
+// array would also miss the TLB. Contents are unspecified after grow().
+template <class T>
+class HugeBuffer {
+ public:
+  HugeBuffer() = default;
+  HugeBuffer(const HugeBuffer&) = delete;
+  HugeBuffer& operator=(const HugeBuffer&) = delete;
+  ~HugeBuffer() { std::free(data_); }
+  T* data() const { return data_; }
+  T* grow(size_t n) {
+    if (n > capacity_) {
+      std::free(data_);
+      constexpr size_t kAlign = size_t(2) << 20;
+      const size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
+      data_ = static_cast<T*>(std::aligned_alloc(kAlign, bytes));
+      if (data_ == nullptr) throw std::bad_alloc();
+#ifdef __linux__
+      madvise(data_, bytes, MADV_HUGEPAGE);
+#endif
+      capacity_ = bytes / sizeof(T);
+    }
+    return data_;
+  }
+
+ private:
+  T* data_ = nullptr;
+  size_t capacity_ = 0;
+};
 
 // The stable radix sort that buckets rows by hash code: writes to `order` the indices n with
 // codes[n] >= 0, sorted by code, ties in index order; returns how many. Digits of ≤ 16 bits, so
