@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(cmake ninja-build g++ make libgtest-dev python3-venv)
+apt_pkgs=(cmake ninja-build g++ make libgtest-dev libopenblas-serial-dev ccache zlib1g-dev python3-venv)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -36,7 +36,16 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
   # venv scripts carry absolute paths; fix them after the move
   grep -rlI "$tmp" "$venv/bin" | xargs -r sed -i "s#$tmp#$venv#g"
 fi
-if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
+# The clone's own .venv is a thin environment (no packages of its own) that sees the shared
+# one's packages and this clone's python/ folder, so `import longattn` works from any clone.
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+pth_want="import site; site.addsitedir('$site')
+$PWD/python"
+if [ -L .venv ] || [ ! -x .venv/bin/python ]; then
   rm -rf .venv
-  ln -s "$venv" .venv
+  "$python" -m venv --without-pip .venv
+fi
+pth=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/longattn.pth
+if [ "$(cat "$pth" 2>/dev/null)" != "$pth_want" ]; then
+  printf '%s\n' "$pth_want" > "$pth"
 fi

@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (every test).
+# Both install what is missing (scripts/setup_env.sh), configure and build incrementally.
+SHELL := /bin/bash
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+JOBS ?= 2
+PY := .venv/bin/python
+CCACHE := $(shell command -v ccache 2>/dev/null)
+LAUNCHER := $(if $(CCACHE),-DCMAKE_CXX_COMPILER_LAUNCHER=$(CCACHE),)
+export CCACHE_BASEDIR := $(CURDIR)
+
+.PHONY: all setup build build-asan test demo bench clean
+
+all: build
+
+setup:
+	@bash scripts/setup_env.sh
+
+$(BUILD)/build.ninja: | setup
+	cmake -S . -B $(BUILD) -G Ninja $(LAUNCHER) \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+
+build: setup $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+$(ASAN_BUILD)/build.ninja: | setup
+	cmake -S . -B $(ASAN_BUILD) -G Ninja $(LAUNCHER) -DLONGATTN_WITH_TORCH=OFF \
+	  -DLONGATTN_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build-asan: setup $(ASAN_BUILD)/build.ninja
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+test: build build-asan
+	@$(PY) scripts/run_tests.py --build $(BUILD) --asan-build $(ASAN_BUILD)
+
+demo: build
+	@bash scripts/demo.sh $(BUILD)
+
+bench: build
+	@bash scripts/bench_all.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) python/longattn/_lib

@@ -1,0 +1,48 @@
+#include "bench/memory.h"
+
+#include <malloc.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+namespace longattn::bench {
+namespace {
+
+int64_t status_field_kib(const char* field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const size_t n = std::strlen(field);
+  while (std::getline(f, line))
+    if (line.compare(0, n, field) == 0) return std::stoll(line.substr(n + 1));
+  return -1;
+}
+
+}  // namespace
+
+void memory_tracking_init() {
+  // A fixed threshold also stops glibc from raising it dynamically after frees.
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+}
+
+int64_t resident_bytes() { return status_field_kib("VmRSS:") * 1024; }
+int64_t peak_bytes() { return status_field_kib("VmHWM:") * 1024; }
+
+bool peak_reset_supported() {
+  FILE* f = std::fopen("/proc/self/clear_refs", "w");
+  if (!f) return false;
+  std::fclose(f);
+  return true;
+}
+
+void reset_peak() {
+  malloc_trim(0);
+  if (FILE* f = std::fopen("/proc/self/clear_refs", "w")) {
+    std::fputs("5", f);
+    std::fclose(f);
+  }
+}
+
+}  // namespace longattn::bench

@@ -1,0 +1,36 @@
+// Argument checks for the torch binding. Every message names the operator, what was
+// expected and what was given, so a user can fix the call without reading our code.
+#pragma once
+#include <torch/types.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace longattn::ops {
+
+std::string shape_str(at::IntArrayRef sizes);
+
+// Raises c10::Error("<op>: <message>").
+[[noreturn]] void fail(const char* op, const std::string& message);
+
+// t must have exactly `rank` dimensions; `layout` names them, e.g. "[B, H, Nq, D]".
+void check_rank(const char* op, const char* name, const at::Tensor& t, int64_t rank,
+                const char* layout);
+
+// t.size(d) == want[d] for every d where want[d] >= 0 (-1 = any); `layout` names the dims.
+void check_shape(const char* op, const char* name, const at::Tensor& t,
+                 const std::vector<int64_t>& want, const char* layout);
+
+// float32 or float64, and every tensor in `others` of the same dtype and device as `ref`.
+void check_float_dtype(const char* op, const char* name, const at::Tensor& t);
+void check_same_dtype_device(const char* op, const char* ref_name, const at::Tensor& ref,
+                             const char* name, const at::Tensor& t);
+
+// A [B, N] boolean key mask (True = takes part).
+void check_key_padding_mask(const char* op, const at::Tensor& mask, int64_t B, int64_t N);
+
+// A view of t whose last dimension is contiguous (copies only when it is not).
+at::Tensor last_dim_contiguous(const at::Tensor& t);
+
+}  // namespace longattn::ops

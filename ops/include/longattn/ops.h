@@ -1,0 +1,3 @@
+// All longattn operators for C++ users: link longattn::ops (find_package(longattn)).
+#pragma once
+#include "longattn/softmax_attention.h"

@@ -1,0 +1,200 @@
+// torch binding of the fused exact softmax attention kernel.
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "kernels/softmax_attention/softmax_attention.h"
+#include "longattn/softmax_attention.h"
+#include "ops/checks.h"
+#include "ops/views.h"
+
+namespace longattn::ops {
+namespace {
+
+constexpr const char* kOp = "softmax_attention";
+
+using OptTensor = c10::optional<at::Tensor>;
+
+template <class T>
+kernels::SoftmaxAttentionParams<T> make_params(const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const OptTensor& mask,
+                                               const OptTensor& bias, bool causal, double scale) {
+  kernels::SoftmaxAttentionParams<T> p;
+  p.q = bhnd<const T>(q);
+  p.k = bhnd<const T>(k);
+  p.v = bhnd<const T>(v);
+  if (mask && mask->defined()) {
+    p.key_padding_mask = reinterpret_cast<const uint8_t*>(mask->data_ptr<bool>());
+    p.mask_stride_b = mask->stride(0);
+  }
+  if (bias && bias->defined()) {
+    p.rel_bias = bias->data_ptr<T>();
+    p.rel_bias_stride_h = bias->stride(0);
+  }
+  p.causal = causal;
+  p.scale = scale;
+  p.threads = at::get_num_threads();
+  return p;
+}
+
+// Inputs arrive checked and with contiguous last dims (the mask and bias fully contiguous).
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const OptTensor& mask,
+                                               const OptTensor& bias, bool causal, double scale) {
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Dv = v.size(3);
+  at::Tensor out = at::empty({B, H, Nq, Dv}, v.options());
+  at::Tensor lse = at::empty({B, H, Nq}, q.options());
+  if (out.numel() == 0 || k.size(2) == 0) {
+    out.zero_();
+    lse.fill_(-INFINITY);
+    return {out, lse};
+  }
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "softmax_attention_forward", [&] {
+    auto p = make_params<scalar_t>(q, k, v, mask, bias, causal, scale);
+    kernels::softmax_attention_forward<scalar_t>(p, bhnd<scalar_t>(out), lse.data_ptr<scalar_t>());
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const OptTensor& mask, const OptTensor& bias,
+    bool causal, double scale) {
+  at::Tensor gq = at::empty(q.sizes(), q.options());
+  at::Tensor gk = at::empty(k.sizes(), k.options());
+  at::Tensor gv = at::empty(v.sizes(), v.options());
+  const bool has_bias = bias && bias->defined();
+  at::Tensor gb = has_bias ? at::empty(bias->sizes(), bias->options()) : at::empty({0}, q.options());
+  if (out.numel() == 0 || k.size(2) == 0) {
+    gq.zero_(); gk.zero_(); gv.zero_(); gb.zero_();
+    return {gq, gk, gv, gb};
+  }
+  at::Tensor go = last_dim_contiguous(grad_out);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "softmax_attention_backward", [&] {
+    auto p = make_params<scalar_t>(q, k, v, mask, bias, causal, scale);
+    kernels::SoftmaxAttentionGrads<scalar_t> g;
+    g.out = bhnd<const scalar_t>(out);
+    g.grad_out = bhnd<const scalar_t>(go);
+    g.lse = lse.data_ptr<scalar_t>();
+    g.grad_q = bhnd<scalar_t>(gq);
+    g.grad_k = bhnd<scalar_t>(gk);
+    g.grad_v = bhnd<scalar_t>(gv);
+    g.grad_rel_bias = has_bias ? gb.data_ptr<scalar_t>() : nullptr;
+    kernels::softmax_attention_backward<scalar_t>(p, g);
+  });
+  return {gq, gk, gv, gb};
+}
+
+class SoftmaxAttentionFunction : public torch::autograd::Function<SoftmaxAttentionFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                            const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
+                            const OptTensor& bias, bool causal, double scale) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("longattn::_softmax_attention_forward", "")
+                         .typed<decltype(forward_cpu)>();
+    auto [out, lse] = op.call(q, k, v, mask, bias, causal, scale);
+    ctx->save_for_backward({q, k, v, out, lse, mask ? *mask : at::Tensor(),
+                            bias ? *bias : at::Tensor()});
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["scale"] = scale;
+    return out;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("longattn::_softmax_attention_backward", "")
+                         .typed<decltype(backward_cpu)>();
+    auto s = ctx->get_saved_variables();
+    OptTensor mask = s[5].defined() ? OptTensor(s[5]) : c10::nullopt;
+    OptTensor bias = s[6].defined() ? OptTensor(s[6]) : c10::nullopt;
+    auto [gq, gk, gv, gb] = op.call(grads[0], s[0], s[1], s[2], s[3], s[4], mask, bias,
+                                    ctx->saved_data["causal"].toBool(),
+                                    ctx->saved_data["scale"].toDouble());
+    return {gq, gk, gv, at::Tensor(), bias ? gb : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor softmax_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  bool causal, const OptTensor& key_padding_mask,
+                                  const OptTensor& rel_bias, c10::optional<double> scale) {
+  check_rank(kOp, "q", q, 4, "[B, H, Nq, D]");
+  check_rank(kOp, "k", k, 4, "[B, H, Nk, D]");
+  check_rank(kOp, "v", v, 4, "[B, H, Nk, Dv]");
+  check_float_dtype(kOp, "q", q);
+  check_same_dtype_device(kOp, "q", q, "k", k);
+  check_same_dtype_device(kOp, "q", q, "v", v);
+  if (!q.device().is_cpu()) fail(kOp, "only CPU tensors are supported in this build, got " + q.device().str());
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
+  check_shape(kOp, "k", k, {B, H, -1, D}, "[B, H, Nk, D]");
+  check_shape(kOp, "v", v, {B, H, Nk, -1}, "[B, H, Nk, Dv]");
+  if (causal && Nq != Nk)
+    fail(kOp, "causal=True needs Nq == Nk, got Nq = " + std::to_string(Nq) +
+                  " and Nk = " + std::to_string(Nk));
+  OptTensor mask, bias;
+  if (key_padding_mask && key_padding_mask->defined()) {
+    check_key_padding_mask(kOp, *key_padding_mask, B, Nk);
+    mask = key_padding_mask->contiguous();
+  }
+  if (rel_bias && rel_bias->defined()) {
+    if (Nq != Nk)
+      fail(kOp, "rel_bias needs Nq == Nk, got Nq = " + std::to_string(Nq) +
+                    " and Nk = " + std::to_string(Nk));
+    check_same_dtype_device(kOp, "q", q, "rel_bias", *rel_bias);
+    check_shape(kOp, "rel_bias", *rel_bias, {H, std::max<int64_t>(2 * Nq - 1, 0)}, "[H, 2N-1]");
+    bias = rel_bias->contiguous();
+  }
+  if (D == 0 && q.numel() == 0 && B * H * Nq > 0) {
+    // Head dim 0: every logit is the bias alone; the kernels want at least one feature.
+    return softmax_attention_impl(q.new_zeros({B, H, Nq, 1}), k.new_zeros({B, H, Nk, 1}), v,
+                                  causal, key_padding_mask, rel_bias, scale.value_or(1.0));
+  }
+  double s = scale ? *scale : (D > 0 ? 1.0 / std::sqrt(static_cast<double>(D)) : 1.0);
+  if (!std::isfinite(s)) fail(kOp, "scale must be finite, got " + std::to_string(s));
+  return SoftmaxAttentionFunction::apply(last_dim_contiguous(q), last_dim_contiguous(k),
+                                         last_dim_contiguous(v), mask, bias, causal, s);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(longattn, m) {
+  m.def(
+      "softmax_attention(Tensor q, Tensor k, Tensor v, *, bool causal=False, "
+      "Tensor? key_padding_mask=None, Tensor? rel_bias=None, float? scale=None) -> Tensor");
+  m.def(
+      "_softmax_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, "
+      "Tensor? rel_bias, bool causal, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "_softmax_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
+      "Tensor lse, Tensor? key_padding_mask, Tensor? rel_bias, bool causal, float scale) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(longattn, CPU, m) {
+  m.impl("_softmax_attention_forward", forward_cpu);
+  m.impl("_softmax_attention_backward", backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
+  m.impl("softmax_attention", softmax_attention_impl);
+}
+
+}  // namespace longattn::ops
+
+namespace longattn {
+
+at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const SoftmaxAttentionOptions& options) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("longattn::softmax_attention", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         bool, const c10::optional<at::Tensor>&,
+                                         const c10::optional<at::Tensor>&, c10::optional<double>)>();
+  return op.call(q, k, v, options.causal, options.key_padding_mask, options.rel_bias,
+                 options.scale);
+}
+
+}  // namespace longattn

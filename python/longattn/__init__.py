@@ -1,0 +1,22 @@
+"""longattn: efficient attention for long sequences (C++ operators for PyTorch).
+
+Every function here calls a registered torch operator (``torch.ops.longattn.*``), the same one
+C++ users call through ``<longattn/ops.h>``; gradients come from its C++ autograd.
+"""
+import os as _os
+
+import torch as _torch
+
+__version__ = "0.1.0"
+
+_LIB = _os.path.join(_os.path.dirname(__file__), "_lib", "liblongattn_ops.so")
+if not _os.path.exists(_LIB):
+    raise ImportError(
+        f"longattn: the operator library {_LIB} is not built; run `make build` in the repository"
+    )
+_torch.ops.load_library(_LIB)
+
+from ._softmax import softmax_attention  # noqa: E402
+from ._info import info  # noqa: E402
+
+__all__ = ["softmax_attention", "info"]
