@@ -36,7 +36,8 @@ void all_inverse_norms(const YosoParams<T>& p, std::vector<T>& inv_q, std::vecto
   const int64_t B = p.q.B, H = p.q.H;
   inv_q.resize(B * H * p.q.N);
   inv_k.resize(B * H * p.k.N);
-  parallel_for(B * H, p.threads, [&](int64_t bh) {
+  const int threads = threads_for(p.threads, B * H, double(B) * H * (p.q.N + p.k.N) * p.q.D);
+  parallel_for(B * H, threads, [&](int64_t bh) {
     inverse_norms(p.q, bh / H, bh % H, inv_q.data() + bh * p.q.N);
     inverse_norms(p.k, bh / H, bh % H, inv_k.data() + bh * p.k.N);
   });
@@ -99,7 +100,8 @@ void yoso_expectation_forward(const YosoParams<T>& p, BHND<T> out) {
   std::vector<T> inv_q, inv_k;
   all_inverse_norms(p, inv_q, inv_k);
   const int64_t q_blocks = (Nq + kBq - 1) / kBq;
-  parallel_for(B * H * q_blocks, p.threads, [&](int64_t item) {
+  const double flops = 2.0 * B * H * Nq * Nk * (p.q.D + Dv + 20);
+  parallel_for(B * H * q_blocks, threads_for(p.threads, B * H * q_blocks, flops), [&](int64_t item) {
     const int64_t bh = item / q_blocks, b = bh / H, h = bh % H;
     const int64_t i0 = (item % q_blocks) * kBq, nq = std::min(kBq, Nq - i0);
     Block<T> blk;
@@ -122,7 +124,8 @@ void yoso_expectation_backward(const YosoParams<T>& p, const YosoGrads<T>& g,
   std::vector<T> inv_q_all, inv_k_all;
   all_inverse_norms(p, inv_q_all, inv_k_all);
   // One (b, h) per work item: ∂L/∂k and ∂L/∂v sum over query blocks in a fixed order.
-  parallel_for(B * H, p.threads, [&](int64_t bh) {
+  const double flops = 2.0 * B * H * Nq * Nk * (3 * D + 2 * Dv + 40);
+  parallel_for(B * H, threads_for(p.threads, B * H, flops), [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
     const T* inv_q = inv_q_all.data() + bh * Nq;
     const T* inv_k = inv_k_all.data() + bh * Nk;

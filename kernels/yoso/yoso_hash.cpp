@@ -185,12 +185,14 @@ template <class T>
 void yoso_hash(const YosoParams<T>& p, int32_t* q_codes, int32_t* k_codes) {
   const int64_t B = p.q.B, H = p.q.H, m = p.num_hashes;
   std::vector<std::vector<T>> params(B * H);
-  parallel_for(B * H, p.threads, [&](int64_t bh) { params[bh] = draw_hash_params(p, bh / H, bh % H); });
+  const double flops = 2.0 * B * H * (p.q.N + p.k.N) * m * p.hash_bits * p.q.D;
+  const int threads = threads_for(p.threads, B * H * 2, flops);
+  parallel_for(B * H, threads, [&](int64_t bh) { params[bh] = draw_hash_params(p, bh / H, bh % H); });
 
   const int64_t q_blocks = (p.q.N + kRowBlock - 1) / kRowBlock;
   const int64_t k_blocks = (p.k.N + kRowBlock - 1) / kRowBlock;
   const int64_t per_bh = q_blocks + k_blocks;
-  parallel_for(B * H * per_bh, p.threads, [&](int64_t item) {
+  parallel_for(B * H * per_bh, threads, [&](int64_t item) {
     const int64_t bh = item / per_bh, blk = item % per_bh, b = bh / H, h = bh % H;
     const bool is_q = blk < q_blocks;
     const BHND<const T>& x = is_q ? p.q : p.k;

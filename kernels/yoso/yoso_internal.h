@@ -20,6 +20,15 @@ inline constexpr double kNormEps = 1e-12;
 
 inline int resolve_threads(int threads) { return threads <= 0 ? omp_get_max_threads() : threads; }
 
+// Threads worth using for `items` work items totalling about `flops`: one below ~1 MFLOP, where
+// waking a team costs more than it saves (and far more on a loaded machine), and never more
+// than there are items. Results do not depend on it (see the determinism tests).
+inline int threads_for(int threads, int64_t items, double flops) {
+  if (flops < 1e6) return 1;
+  const int64_t t = std::min<int64_t>(resolve_threads(threads), items);
+  return int(std::max<int64_t>(t, 1));
+}
+
 inline bool takes_part(const uint8_t* mask, int64_t stride_b, int64_t b, int64_t n) {
   return mask == nullptr || mask[b * stride_b + n] != 0;
 }

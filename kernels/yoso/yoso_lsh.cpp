@@ -183,7 +183,7 @@ void yoso_forward(const YosoParams<T>& p, const int32_t* q_codes, const int32_t*
       acc.grow(ca_.size());
     }
   };
-  const int threads = int(std::min<int64_t>(resolve_threads(p.threads), B * H));
+  const int threads = threads_for(p.threads, B * H, 2.0 * B * H * m * (Nq + Nk) * Dv);
   std::vector<std::unique_ptr<Scratch>> scratch;
   for (int t = 0; t < threads; ++t) scratch.push_back(std::make_unique<Scratch>(cv, ca));
   parallel_for(B * H, threads, [&](int64_t bh) {
@@ -360,7 +360,7 @@ void yoso_backward_lsh(const YosoParams<T>& p, const int32_t* q_codes, const int
   const int64_t B = p.q.B, H = p.q.H, Nq = p.q.N, Nk = p.k.N, D = p.q.D, Dv = p.v.D;
   const int64_t m = p.num_hashes, N = std::max(Nq, Nk);
   const BackwardShapes c(Nq, Nk, D, Dv, chunking<T>(Dv, N, 3), chunking<T>(D, N, 4));
-  const int threads = int(std::min<int64_t>(resolve_threads(p.threads), B * H));
+  const int threads = threads_for(p.threads, B * H, 4.0 * B * H * m * (Nq + Nk) * (D + Dv));
   std::vector<std::unique_ptr<BackwardScratch<T>>> scratch;
   for (int t = 0; t < threads; ++t) scratch.push_back(std::make_unique<BackwardScratch<T>>(c));
   parallel_for(B * H, threads, [&](int64_t bh) {

@@ -17,6 +17,8 @@ if not _os.path.exists(_LIB):
 _torch.ops.load_library(_LIB)
 
 from ._softmax import softmax_attention  # noqa: E402
+from ._yoso import yoso_attention, yoso_expectation  # noqa: E402
 from ._info import info  # noqa: E402
+from . import nn  # noqa: E402
 
-__all__ = ["softmax_attention", "info"]
+__all__ = ["softmax_attention", "yoso_attention", "yoso_expectation", "info"]

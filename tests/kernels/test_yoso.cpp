@@ -189,12 +189,13 @@ TEST(YosoHash, CodesAreInRangeScaleInvariantAndSeeded) {
 }
 
 TEST(Yoso, BitwiseDeterministicAcrossThreadCounts) {
-  Problem<float> P(2, 3, 90, 90, 16, 8, 3, true);
+  // Large enough (> 1 MFLOP per call) that the kernels do use several threads.
+  Problem<float> P(2, 3, 400, 400, 16, 16, 3, true);
   auto gout = testing_ref::normal_vector<float>(P.B * P.H * P.Nq * P.Dv, 4);
   for (auto hashing : {YosoHashing::gaussian, YosoHashing::hadamard}) {
     std::vector<float> y1, g1, e1, ge1;
     for (int threads : {1, 2, 3}) {
-      auto p = P.params(4, 7, 555, threads);
+      auto p = P.params(4, 16, 555, threads);
       p.hashing = hashing;
       auto c = yoso_run::hash(P, p);
       auto y = yoso_run::lsh_forward(P, p, c);

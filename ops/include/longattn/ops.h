@@ -1,3 +1,4 @@
 // All longattn operators for C++ users: link longattn::ops (find_package(longattn)).
 #pragma once
 #include "longattn/softmax_attention.h"
+#include "longattn/yoso.h"
