@@ -157,25 +157,35 @@ void hash_block_hadamard(const YosoParams<T>& p, const BHND<const T>& x, int64_t
 
 namespace yoso_detail {
 
-int64_t sort_by_code(const int32_t* codes, int64_t n, int tau, int32_t* order, int32_t* tmp,
-                     int32_t* counts) {
+int64_t sort_by_code(const int32_t* codes, int64_t n, int tau, int32_t* order, int32_t* sorted,
+                     int32_t* tmp_order, int32_t* tmp_codes, int32_t* counts) {
   int64_t valid = 0;
   for (int64_t i = 0; i < n; ++i)
-    if (codes[i] >= 0) order[valid++] = int32_t(i);
+    if (codes[i] >= 0) {
+      order[valid] = int32_t(i);
+      sorted[valid++] = codes[i];
+    }
   const int passes = (tau + 15) / 16;
   const int bits = (tau + passes - 1) / passes;
   const int32_t radix = int32_t(1) << bits;
-  int32_t* src = order;
-  int32_t* dst = tmp;
+  int32_t *src = order, *dst = tmp_order, *src_c = sorted, *dst_c = tmp_codes;
   for (int pass = 0; pass < passes; ++pass) {
     const int shift = pass * bits;
     std::memset(counts, 0, sizeof(int32_t) * (radix + 1));
-    for (int64_t i = 0; i < valid; ++i) ++counts[((codes[src[i]] >> shift) & (radix - 1)) + 1];
+    for (int64_t i = 0; i < valid; ++i) ++counts[((src_c[i] >> shift) & (radix - 1)) + 1];
     for (int32_t d = 0; d < radix; ++d) counts[d + 1] += counts[d];
-    for (int64_t i = 0; i < valid; ++i) dst[counts[(codes[src[i]] >> shift) & (radix - 1)]++] = src[i];
+    for (int64_t i = 0; i < valid; ++i) {
+      const int32_t at = counts[(src_c[i] >> shift) & (radix - 1)]++;
+      dst[at] = src[i];
+      dst_c[at] = src_c[i];
+    }
     std::swap(src, dst);
+    std::swap(src_c, dst_c);
   }
-  if (src != order) std::memcpy(order, src, sizeof(int32_t) * valid);
+  if (src != order) {
+    std::memcpy(order, src, sizeof(int32_t) * valid);
+    std::memcpy(sorted, src_c, sizeof(int32_t) * valid);
+  }
   return valid;
 }
 

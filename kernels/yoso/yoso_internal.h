@@ -108,9 +108,10 @@ class HugeBuffer {
 };
 
 // The stable radix sort that buckets rows by hash code: writes to `order` the indices n with
-// codes[n] >= 0, sorted by code, ties in index order; returns how many. Digits of ≤ 16 bits, so
-// ceil(τ/16) passes; scratch: tmp [n], counts [65537].
-int64_t sort_by_code(const int32_t* codes, int64_t n, int tau, int32_t* order, int32_t* tmp,
-                     int32_t* counts);
+// codes[n] >= 0, sorted by code, ties in index order, and to `sorted` their codes in that order;
+// returns how many. Codes travel with the indices, so every pass reads sequentially. Digits of
+// ≤ 16 bits, so ceil(τ/16) passes; scratch: tmp_order, tmp_codes [n], counts [65537].
+int64_t sort_by_code(const int32_t* codes, int64_t n, int tau, int32_t* order, int32_t* sorted,
+                     int32_t* tmp_order, int32_t* tmp_codes, int32_t* counts);
 
 }  // namespace longattn::kernels::yoso_detail

@@ -80,27 +80,30 @@ void scatter_add_row(T* X, const Chunking& c, int64_t n, const T* src) {
 // holds qn[u] queries and kn[u] keys, listed consecutively in qrows and krows.
 struct SharedBuckets {
   std::vector<int32_t> qrows, krows, qn, kn;
-  std::vector<int32_t> qorder, korder, tmp, counts;
+  std::vector<int32_t> qorder, korder, qsorted, ksorted, tmp_order, tmp_codes, counts;
 
   SharedBuckets(int64_t Nq, int64_t Nk)
-      : qorder(Nq), korder(Nk), tmp(std::max(Nq, Nk)), counts((1 << 16) + 1) {}
+      : qorder(Nq), korder(Nk), qsorted(Nq), ksorted(Nk), tmp_order(std::max(Nq, Nk)),
+        tmp_codes(std::max(Nq, Nk)), counts((1 << 16) + 1) {}
 
   void build(const int32_t* q_codes, const int32_t* k_codes, int64_t m, int64_t Nq, int64_t Nk,
              int tau) {
     qrows.clear(), krows.clear(), qn.clear(), kn.clear();
     for (int64_t hh = 0; hh < m; ++hh) {
-      const int32_t* qc = q_codes + hh * Nq;
-      const int32_t* kc = k_codes + hh * Nk;
-      const int64_t nq = sort_by_code(qc, Nq, tau, qorder.data(), tmp.data(), counts.data());
-      const int64_t nk = sort_by_code(kc, Nk, tau, korder.data(), tmp.data(), counts.data());
+      const int64_t nq = sort_by_code(q_codes + hh * Nq, Nq, tau, qorder.data(), qsorted.data(),
+                                      tmp_order.data(), tmp_codes.data(), counts.data());
+      const int64_t nk = sort_by_code(k_codes + hh * Nk, Nk, tau, korder.data(), ksorted.data(),
+                                      tmp_order.data(), tmp_codes.data(), counts.data());
+      const int32_t* qs = qsorted.data();
+      const int32_t* ks = ksorted.data();
       int64_t i = 0, j = 0;
       while (i < nq && j < nk) {
-        const int32_t cq = qc[qorder[i]], ck = kc[korder[j]];
+        const int32_t cq = qs[i], ck = ks[j];
         int64_t ie = i, je = j;
         if (cq <= ck)
-          while (ie < nq && qc[qorder[ie]] == cq) ++ie;
+          while (ie < nq && qs[ie] == cq) ++ie;
         if (ck <= cq)
-          while (je < nk && kc[korder[je]] == ck) ++je;
+          while (je < nk && ks[je] == ck) ++je;
         if (cq == ck) {
           qrows.insert(qrows.end(), qorder.begin() + i, qorder.begin() + ie);
           krows.insert(krows.end(), korder.begin() + j, korder.begin() + je);
