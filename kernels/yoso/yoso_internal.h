@@ -107,6 +107,19 @@ class HugeBuffer {
   size_t capacity_ = 0;
 };
 
+// Scratch budgets of the LSH kernels for one group of hashes processed together: bucket rows
+// listed and pair weights stored. Defaults bound scratch to ~32 MiB + 4 Mi·sizeof(T) per thread
+// whatever m and the spread of the codes; tests lower them to exercise the grouping. Not meant
+// to be changed while kernels run.
+struct GroupBudget {
+  int64_t rows = int64_t(8) << 20;
+  int64_t pairs = int64_t(4) << 20;
+};
+inline GroupBudget& group_budget() {
+  static GroupBudget b;
+  return b;
+}
+
 // The stable radix sort that buckets rows by hash code: writes to `order` the indices n with
 // codes[n] >= 0, sorted by code, ties in index order, and to `sorted` their codes in that order;
 // returns how many. Codes travel with the indices, so every pass reads sequentially. Digits of

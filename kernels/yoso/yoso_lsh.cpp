@@ -8,7 +8,8 @@
 // arrays of a pass fit in kPassBytes, and shrinks to one cache line (16 floats, 8 doubles) for
 // long sequences: a row visit is then one cache line, and one chunk's arrays (N × 64 B each: 4 MiB
 // at N = 65536) stay in the last-level cache where whole rows (16 MiB per tensor) would not. The
-// buckets of all m hashes are listed once per (b, h) (SharedBuckets) and replayed for every chunk.
+// shared buckets of a group of hashes (all m unless that would exceed the scratch budgets) are
+// listed once (SharedBuckets) and replayed for every chunk.
 //
 // Work is parallel over (b, h); within one (b, h) hashes, buckets, pairs and chunks are visited in
 // a fixed order, so results do not depend on the thread count.
@@ -76,43 +77,62 @@ void scatter_add_row(T* X, const Chunking& c, int64_t n, const T* src) {
   for (int64_t d = 0; d < c.width; ++d) X[((d / c.cw) * c.N + n) * c.cw + d % c.cw] += src[d];
 }
 
-// The shared buckets of all m hashes of one (b, h), in hash order and then code order: bucket u
-// holds qn[u] queries and kn[u] keys, listed consecutively in qrows and krows.
+// Whether a bucket of a queries and b keys takes the factored form Σ_j k̂_j v_jᵀ (D×Dv, cost
+// 2(a+b)·D·Dv) rather than its pairs (cost a·b·(Dv + 2D)).
+inline bool factored(int64_t a, int64_t b, int64_t D, int64_t Dv) {
+  return a * b * (Dv + 2 * D) > 2 * (a + b) * D * Dv;
+}
+
+// The shared buckets of a group of consecutive hashes of one (b, h), in hash order and then code
+// order: bucket u holds qn[u] queries and kn[u] keys, listed consecutively in qrows and krows;
+// `pairs` counts the query-key pairs of the buckets that take the pairwise form.
 struct SharedBuckets {
   std::vector<int32_t> qrows, krows, qn, kn;
+  int64_t pairs = 0;
   std::vector<int32_t> qorder, korder, qsorted, ksorted, tmp_order, tmp_codes, counts;
 
   SharedBuckets(int64_t Nq, int64_t Nk)
       : qorder(Nq), korder(Nk), qsorted(Nq), ksorted(Nk), tmp_order(std::max(Nq, Nk)),
         tmp_codes(std::max(Nq, Nk)), counts((1 << 16) + 1) {}
 
-  void build(const int32_t* q_codes, const int32_t* k_codes, int64_t m, int64_t Nq, int64_t Nk,
-             int tau) {
+  // Lists hashes from *next on, at least one, while the group stays within the rows and pairs
+  // of group_budget(); advances *next past them. D, Dv decide which buckets count as pairwise.
+  void next_group(const int32_t* q_codes, const int32_t* k_codes, int64_t m, int64_t Nq,
+                  int64_t Nk, int tau, int64_t D, int64_t Dv, int64_t* next) {
     qrows.clear(), krows.clear(), qn.clear(), kn.clear();
-    for (int64_t hh = 0; hh < m; ++hh) {
-      const int64_t nq = sort_by_code(q_codes + hh * Nq, Nq, tau, qorder.data(), qsorted.data(),
-                                      tmp_order.data(), tmp_codes.data(), counts.data());
-      const int64_t nk = sort_by_code(k_codes + hh * Nk, Nk, tau, korder.data(), ksorted.data(),
-                                      tmp_order.data(), tmp_codes.data(), counts.data());
-      const int32_t* qs = qsorted.data();
-      const int32_t* ks = ksorted.data();
-      int64_t i = 0, j = 0;
-      while (i < nq && j < nk) {
-        const int32_t cq = qs[i], ck = ks[j];
-        int64_t ie = i, je = j;
-        if (cq <= ck)
-          while (ie < nq && qs[ie] == cq) ++ie;
-        if (ck <= cq)
-          while (je < nk && ks[je] == ck) ++je;
-        if (cq == ck) {
-          qrows.insert(qrows.end(), qorder.begin() + i, qorder.begin() + ie);
-          krows.insert(krows.end(), korder.begin() + j, korder.begin() + je);
-          qn.push_back(int32_t(ie - i));
-          kn.push_back(int32_t(je - j));
-        }
-        i = ie;
-        j = je;
+    pairs = 0;
+    do {
+      append_hash(q_codes + *next * Nq, k_codes + *next * Nk, Nq, Nk, tau, D, Dv);
+      ++*next;
+    } while (*next < m && int64_t(qrows.size() + krows.size()) + Nq + Nk <= group_budget().rows &&
+             pairs < group_budget().pairs);
+  }
+
+  void append_hash(const int32_t* qc, const int32_t* kc, int64_t Nq, int64_t Nk, int tau,
+                   int64_t D, int64_t Dv) {
+    const int64_t nq = sort_by_code(qc, Nq, tau, qorder.data(), qsorted.data(), tmp_order.data(),
+                                    tmp_codes.data(), counts.data());
+    const int64_t nk = sort_by_code(kc, Nk, tau, korder.data(), ksorted.data(), tmp_order.data(),
+                                    tmp_codes.data(), counts.data());
+    const int32_t* qs = qsorted.data();
+    const int32_t* ks = ksorted.data();
+    int64_t i = 0, j = 0;
+    while (i < nq && j < nk) {
+      const int32_t cq = qs[i], ck = ks[j];
+      int64_t ie = i, je = j;
+      if (cq <= ck)
+        while (ie < nq && qs[ie] == cq) ++ie;
+      if (ck <= cq)
+        while (je < nk && ks[je] == ck) ++je;
+      if (cq == ck) {
+        qrows.insert(qrows.end(), qorder.begin() + i, qorder.begin() + ie);
+        krows.insert(krows.end(), korder.begin() + j, korder.begin() + je);
+        qn.push_back(int32_t(ie - i));
+        kn.push_back(int32_t(je - j));
+        if (!factored(ie - i, je - j, D, Dv)) pairs += (ie - i) * (je - j);
       }
+      i = ie;
+      j = je;
     }
   }
   int64_t size() const { return int64_t(qn.size()); }
@@ -122,12 +142,6 @@ struct SharedBuckets {
 template <class T>
 inline void prefetch(const T* p, int64_t n) {
   for (int64_t i = 0; i < n; i += kCW<T>) __builtin_prefetch(p + i);
-}
-
-// Whether a bucket of a queries and b keys takes the factored form Σ_j k̂_j v_jᵀ (D×Dv, cost
-// 2(a+b)·D·Dv) rather than its pairs (cost a·b·(Dv + 2D)).
-inline bool factored(int64_t a, int64_t b, int64_t D, int64_t Dv) {
-  return a * b * (Dv + 2 * D) > 2 * (a + b) * D * Dv;
 }
 
 // Calls f(std::integral_constant<int64_t, W>) with W = cw when cw is one of the common widths
@@ -193,14 +207,17 @@ void yoso_forward(const YosoParams<T>& p, const int32_t* q_codes, const int32_t*
     const int64_t b = bh / H, h = bh % H;
     Scratch& s = *scratch[thread_index()];
     SharedBuckets& sb = s.buckets;
-    sb.build(q_codes + bh * m * Nq, k_codes + bh * m * Nk, m, Nq, Nk, p.hash_bits);
     pack_chunked(p.v, b, h, static_cast<const T*>(nullptr), cv, s.v.data());
     std::fill(s.acc.data(), s.acc.data() + ca.size(), T(0));
-    for (int64_t c = 0; c < cv.nc; ++c)
-      with_width<T>(cv.cw, [&](auto cw_const) {
-        forward_pass<decltype(cw_const)::value, T>(sb, cv.cw, s.v.data() + c * Nk * cv.cw,
-                                                 s.acc.data() + c * Nq * cv.cw, s.sum.data());
-      });
+    for (int64_t next = 0; next < m;) {
+      sb.next_group(q_codes + bh * m * Nq, k_codes + bh * m * Nk, m, Nq, Nk, p.hash_bits, 0, Dv,
+                    &next);
+      for (int64_t c = 0; c < cv.nc; ++c)
+        with_width<T>(cv.cw, [&](auto cw_const) {
+          forward_pass<decltype(cw_const)::value, T>(sb, cv.cw, s.v.data() + c * Nk * cv.cw,
+                                                   s.acc.data() + c * Nq * cv.cw, s.sum.data());
+        });
+    }
     const T inv_m = T(1) / T(m);
     for (int64_t n = 0; n < Nq; ++n) {
       T* o = out.row(b, h, n);
@@ -370,7 +387,6 @@ void yoso_backward_lsh(const YosoParams<T>& p, const int32_t* q_codes, const int
     const int64_t b = bh / H, h = bh % H;
     BackwardScratch<T>& s = *scratch[thread_index()];
     SharedBuckets& sb = s.buckets;
-    sb.build(q_codes + bh * m * Nq, k_codes + bh * m * Nk, m, Nq, Nk, p.hash_bits);
     inverse_norms(p.q, b, h, s.inv_q.data());
     inverse_norms(p.k, b, h, s.inv_k.data());
     pack_chunked(p.q, b, h, s.inv_q.data(), c.q, s.q.data());
@@ -380,32 +396,33 @@ void yoso_backward_lsh(const YosoParams<T>& p, const int32_t* q_codes, const int
     std::fill(s.dq.data(), s.dq.data() + c.q.size(), T(0));
     std::fill(s.dk.data(), s.dk.data() + c.k.size(), T(0));
     std::fill(s.dv.data(), s.dv.data() + c.v.size(), T(0));
-    int64_t npairs = 0;
-    for (int64_t u = 0; u < sb.size(); ++u)
-      if (!factored(sb.qn[u], sb.kn[u], D, Dv)) npairs += int64_t(sb.qn[u]) * sb.kn[u];
-    s.pairs.assign(npairs, T(0));
-    for (int64_t k = 0; k < c.v.nc; ++k) {
-      const int64_t cw = c.v.cw;
-      with_width<T>(cw, [&](auto w) {
-        value_pass<decltype(w)::value, T>(sb, D, Dv, cw, s.g.data() + k * Nq * cw,
-                                       s.v.data() + k * Nk * cw, s.dv.data() + k * Nk * cw,
-                                       s.gsum.data(), s.pairs.data());
-      });
-    }
-    for (int64_t k = 0; k < c.q.nc; ++k) {
-      const int64_t cw = c.q.cw;
-      with_width<T>(cw, [&](auto w) {
-        key_pass<decltype(w)::value, T>(sb, D, Dv, cw, s.q.data() + k * Nq * cw,
-                                     s.k.data() + k * Nk * cw, s.dq.data() + k * Nq * cw,
-                                     s.dk.data() + k * Nk * cw, s.pairs.data());
-      });
-    }
-    const int32_t* qr = sb.qrows.data();  // the large buckets, full width through GEMMs
-    const int32_t* kr = sb.krows.data();
-    for (int64_t u = 0; u < sb.size(); ++u) {
-      if (factored(sb.qn[u], sb.kn[u], D, Dv)) bucket_factored(c, qr, sb.qn[u], kr, sb.kn[u], s);
-      qr += sb.qn[u];
-      kr += sb.kn[u];
+    for (int64_t next = 0; next < m;) {
+      sb.next_group(q_codes + bh * m * Nq, k_codes + bh * m * Nk, m, Nq, Nk, p.hash_bits, D, Dv,
+                    &next);
+      s.pairs.assign(sb.pairs, T(0));
+      for (int64_t k = 0; k < c.v.nc; ++k) {
+        const int64_t cw = c.v.cw;
+        with_width<T>(cw, [&](auto w) {
+          value_pass<decltype(w)::value, T>(sb, D, Dv, cw, s.g.data() + k * Nq * cw,
+                                            s.v.data() + k * Nk * cw, s.dv.data() + k * Nk * cw,
+                                            s.gsum.data(), s.pairs.data());
+        });
+      }
+      for (int64_t k = 0; k < c.q.nc; ++k) {
+        const int64_t cw = c.q.cw;
+        with_width<T>(cw, [&](auto w) {
+          key_pass<decltype(w)::value, T>(sb, D, Dv, cw, s.q.data() + k * Nq * cw,
+                                          s.k.data() + k * Nk * cw, s.dq.data() + k * Nq * cw,
+                                          s.dk.data() + k * Nk * cw, s.pairs.data());
+        });
+      }
+      const int32_t* qr = sb.qrows.data();  // the large buckets, full width through GEMMs
+      const int32_t* kr = sb.krows.data();
+      for (int64_t u = 0; u < sb.size(); ++u) {
+        if (factored(sb.qn[u], sb.kn[u], D, Dv)) bucket_factored(c, qr, sb.qn[u], kr, sb.kn[u], s);
+        qr += sb.qn[u];
+        kr += sb.kn[u];
+      }
     }
     // Scale (1/m for v, τ/2m for the surrogate) and chain through the normalisation.
     const T inv_m = T(1) / T(m), cs = T(p.hash_bits) / T(2 * m);

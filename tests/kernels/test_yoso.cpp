@@ -188,6 +188,29 @@ TEST(YosoHash, CodesAreInRangeScaleInvariantAndSeeded) {
     }
 }
 
+TEST(Yoso, HashGroupsGiveTheSameBits) {
+  // Scratch budgets small enough that every hash is its own group. Within a row, forward and
+  // ∂L/∂v contributions still arrive hash by hash (bitwise equal); for q and k the large
+  // (factored) buckets are added per group instead of after all pairs, so only rounding differs.
+  Problem<double> P(1, 2, 120, 100, 8, 6, 71, true);
+  auto gout = testing_ref::normal_vector<double>(P.B * P.H * P.Nq * P.Dv, 72);
+  for (int tau : {1, 5}) {
+    auto p = P.params(tau, 9, 3, 2);
+    auto c = yoso_run::hash(P, p);
+    auto y = yoso_run::lsh_forward(P, p, c);
+    auto g = yoso_run::lsh_backward(P, p, c, gout);
+    auto saved = yoso_detail::group_budget();
+    yoso_detail::group_budget() = yoso_detail::GroupBudget{1, 1};
+    auto y1 = yoso_run::lsh_forward(P, p, c);
+    auto g1 = yoso_run::lsh_backward(P, p, c, gout);
+    yoso_detail::group_budget() = saved;
+    EXPECT_EQ(y, y1);
+    EXPECT_LE(rel_err(g1.q, g.q, 1e-12), 1.0);
+    EXPECT_LE(rel_err(g1.k, g.k, 1e-12), 1.0);
+    EXPECT_EQ(g.v, g1.v);
+  }
+}
+
 TEST(Yoso, BitwiseDeterministicAcrossThreadCounts) {
   // Large enough (> 1 MFLOP per call) that the kernels do use several threads.
   Problem<float> P(2, 3, 400, 400, 16, 16, 3, true);
