@@ -1,5 +1,5 @@
-// Thin, typed wrapper over the single-threaded CBLAS GEMM (serial OpenBLAS),
-// called from inside the kernels' own parallel loops. Row-major throughout.
+// Thin, typed wrapper over CBLAS GEMM (OpenBLAS, one thread per call), called from inside
+// the kernels' own parallel loops; safe to call from several threads at once. Row-major throughout.
 #pragma once
 #include <cstdint>
 

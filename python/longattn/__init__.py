@@ -17,8 +17,10 @@ if not _os.path.exists(_LIB):
 _torch.ops.load_library(_LIB)
 
 from ._softmax import softmax_attention  # noqa: E402
+from ._shatter import shatter_attention  # noqa: E402
 from ._yoso import yoso_attention, yoso_expectation  # noqa: E402
 from ._info import info  # noqa: E402
 from . import nn  # noqa: E402
 
-__all__ = ["softmax_attention", "yoso_attention", "yoso_expectation", "info"]
+__all__ = ["softmax_attention", "shatter_attention", "yoso_attention", "yoso_expectation", "nn",
+           "info"]

@@ -32,3 +32,22 @@ TEST(Parallel, VisitsEveryIndexOnce) {
   parallel_for(1000, 2, [&](int64_t i) { hits[i] += 1; });
   for (int h : hits) EXPECT_EQ(h, 1);
 }
+
+// Concurrent GEMMs from the kernels' threads must not interfere (Debian's serial OpenBLAS
+// 0.3.21 fails this: its buffer pool is unlocked).
+TEST(Blas, ConcurrentCallsFromParallelForAreCorrect) {
+  const int64_t M = 64, N = 128, K = 64, R = 400;
+  auto A = testing_ref::random_vector<float>(M * K, 3);
+  auto B = testing_ref::random_vector<float>(K * N, 4);
+  std::vector<float> ref(M * N, 0.0f);
+  gemm(false, false, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, ref.data(), N);
+  std::vector<int> wrong(R, 0);
+  parallel_for(R, 2, [&](int64_t r) {
+    std::vector<float> C(M * N, -1.0f);
+    gemm(false, false, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, C.data(), N);
+    wrong[r] = C != ref;
+  });
+  int total = 0;
+  for (int w : wrong) total += w;
+  EXPECT_EQ(total, 0);
+}

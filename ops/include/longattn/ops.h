@@ -1,4 +1,5 @@
 // All longattn operators for C++ users: link longattn::ops (find_package(longattn)).
 #pragma once
 #include "longattn/softmax_attention.h"
+#include "longattn/shatter.h"
 #include "longattn/yoso.h"

@@ -1,4 +1,5 @@
-"""Attention modules built on longattn's operators."""
-from .yoso import YOSOAttention
+"""Attention modules built from the longattn operators (the Python twins of nn/ in C++)."""
+from .shatter import Shatter, ShatterPartition  # noqa: F401
+from .yoso import YOSOAttention  # noqa: F401
 
-__all__ = ["YOSOAttention"]
+__all__ = ["Shatter", "ShatterPartition", "YOSOAttention"]

@@ -1,0 +1,247 @@
+#include "apps/train/trainer.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include "apps/data/order.h"
+#include "apps/train/checkpoint_file.h"
+#include "apps/train/progress.h"
+
+namespace longattn::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct TensorBatch {
+  torch::Tensor tokens, mask, tokens2, mask2, labels;
+  int64_t real_tokens = 0;
+};
+
+TensorBatch to_tensors(const data::Batch& b) {
+  TensorBatch t;
+  auto ids = [](const std::vector<int32_t>& v, int64_t rows, int64_t cols) {
+    return torch::from_blob(const_cast<int32_t*>(v.data()), {rows, cols}, torch::kInt32).to(torch::kLong);
+  };
+  auto mask = [](const std::vector<uint8_t>& v, int64_t rows, int64_t cols) {
+    return torch::from_blob(const_cast<uint8_t*>(v.data()), {rows, cols}, torch::kUInt8).to(torch::kBool);
+  };
+  t.tokens = ids(b.tokens, b.batch, b.length);
+  t.mask = mask(b.mask, b.batch, b.length);
+  if (!b.tokens2.empty()) {
+    t.tokens2 = ids(b.tokens2, b.batch, b.length2);
+    t.mask2 = mask(b.mask2, b.batch, b.length2);
+  }
+  t.labels = torch::from_blob(const_cast<int32_t*>(b.labels.data()), {b.batch}, torch::kInt32).to(torch::kLong);
+  t.real_tokens = b.real_tokens;
+  return t;
+}
+
+data::BatchOptions batch_options(const nn::ModelConfig& m) {
+  data::BatchOptions o;
+  o.prepend_cls = m.pooling == "cls";
+  return o;
+}
+
+double lr_at(const TrainConfig& c, int64_t step) {  // step counts from 0
+  if (c.warmup > 0 && step < c.warmup) return c.lr * double(step + 1) / double(c.warmup);
+  const double rest = double(std::max<int64_t>(1, c.steps - c.warmup));
+  return c.lr * std::max(0.0, 1.0 - double(step - c.warmup) / rest);
+}
+
+std::string serialize_state(nn::Classifier& model, torch::optim::AdamW& opt, int64_t step, double best, const std::string& config) {
+  torch::serialize::OutputArchive root, m, o;
+  model->save(m);
+  opt.save(o);
+  root.write("model", m);
+  root.write("optimizer", o);
+  root.write("step", torch::tensor(step, torch::kLong));
+  root.write("best_val_accuracy", torch::tensor(best, torch::kDouble));
+  root.write("model_config", c10::IValue(config));
+  auto gen = at::detail::getDefaultCPUGenerator();
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    root.write("cpu_rng", gen.get_state());
+  }
+  std::ostringstream os;
+  root.save_to(os);
+  return os.str();
+}
+
+torch::serialize::InputArchive open_archive(const std::string& path) {
+  const std::string payload = read_checkpoint_file(path);
+  torch::serialize::InputArchive root;
+  try {
+    root.load_from(payload.data(), payload.size());
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("checkpoint " + path + ": unreadable torch archive: " + e.what_without_backtrace());
+  }
+  return root;
+}
+
+std::string read_config(torch::serialize::InputArchive& root, const std::string& path) {
+  c10::IValue v;
+  if (!root.try_read("model_config", v) || !v.isString())
+    throw std::runtime_error("checkpoint " + path + ": no model configuration inside");
+  return v.toStringRef();
+}
+
+void save_checkpoint(const std::string& path, nn::Classifier& model, torch::optim::AdamW& opt, int64_t step, double best) {
+  write_checkpoint_file(path, serialize_state(model, opt, step, best, model->config().to_string()));
+}
+
+}  // namespace
+
+void fit_model_to_data(nn::ModelConfig& m, const data::Splits& s) {
+  m.vocab_size = s.train.vocab_size;
+  m.num_classes = s.train.num_classes;
+  m.paired = s.train.paired;
+  m.height = s.train.height;
+  m.width = s.train.width;
+  int64_t longest = 0;
+  for (const data::Dataset* d : {&s.train, &s.val, &s.test}) longest = std::max(longest, d->max_length());
+  m.max_len = longest + (m.pooling == "cls" ? 1 : 0);
+}
+
+EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batch) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model->is_training();
+  model->eval();
+  EvalResult r;
+  double loss_sum = 0;
+  int64_t correct = 0;
+  for (size_t start = 0; start < ds.size(); start += size_t(batch)) {
+    std::vector<size_t> idx;
+    for (size_t i = start; i < std::min(ds.size(), start + size_t(batch)); ++i) idx.push_back(i);
+    auto t = to_tensors(data::make_batch(ds, idx, batch_options(model->config())));
+    auto logits = model->forward(t.tokens, t.mask, t.tokens2, t.mask2);
+    loss_sum += torch::nn::functional::cross_entropy(logits, t.labels,
+                                                     torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                    .item<double>();
+    correct += logits.argmax(1).eq(t.labels).sum().item<int64_t>();
+  }
+  r.examples = int64_t(ds.size());
+  if (r.examples > 0) r.loss = loss_sum / double(r.examples), r.accuracy = double(correct) / double(r.examples);
+  model->train(was_training);
+  return r;
+}
+
+nn::Classifier load_model(const std::string& path) {
+  auto root = open_archive(path);
+  nn::Classifier model(nn::ModelConfig::from_string(read_config(root, path)));
+  torch::serialize::InputArchive m;
+  if (!root.try_read("model", m)) throw std::runtime_error("checkpoint " + path + ": no model parameters inside");
+  model->load(m);
+  model->eval();
+  return model;
+}
+
+TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
+  if (cfg.threads > 0) torch::set_num_threads(cfg.threads);
+  if (cfg.steps < 1 || cfg.batch < 1) throw std::invalid_argument("train: steps and batch must be at least 1");
+  data::validate(splits.train);
+  nn::ModelConfig mc = cfg.model;
+  fit_model_to_data(mc, splits);
+  torch::manual_seed(cfg.seed);
+  nn::Classifier model(mc);
+  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
+  const std::string latest = cfg.out_dir.empty() ? "" : cfg.out_dir + "/latest.ckpt";
+  const std::string best_path = cfg.out_dir.empty() ? "" : cfg.out_dir + "/best.ckpt";
+  if (!cfg.out_dir.empty() && ::mkdir(cfg.out_dir.c_str(), 0777) != 0 && errno != EEXIST)
+    throw std::runtime_error("cannot create folder " + cfg.out_dir);
+
+  TrainResult res;
+  res.parameters = nn::count_parameters(*model);
+  int64_t step = 0;
+  double best = -1;
+  if (cfg.resume) {
+    if (latest.empty()) throw std::invalid_argument("--resume needs the output folder of the interrupted run");
+    auto root = open_archive(latest);
+    if (read_config(root, latest) != mc.to_string())
+      throw std::runtime_error("checkpoint " + latest + ": its model configuration differs from this run's; resume with the same options");
+    torch::serialize::InputArchive m, o;
+    root.read("model", m);
+    model->load(m);
+    root.read("optimizer", o);
+    opt.load(o);
+    torch::Tensor t_step, t_best, t_rng;  // one fresh tensor per read: read() resizes into a defined one
+    root.read("step", t_step);
+    step = t_step.item<int64_t>();
+    root.read("best_val_accuracy", t_best);
+    best = t_best.item<double>();
+    root.read("cpu_rng", t_rng);
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(t_rng);
+  }
+
+  Progress progress(cfg.steps, step, cfg.log_every, cfg.quiet);
+  MetricsLog metrics(cfg.out_dir.empty() ? "" : cfg.out_dir + "/metrics.jsonl");
+  if (!cfg.quiet && !cfg.resume) {
+    std::ostringstream s;
+    s << "model: " << mc.attention << (mc.fastrpb != "none" ? " + FastRPB " + mc.fastrpb : "") << ", " << mc.layers
+      << " layers, dim " << mc.dim << ", " << mc.heads << " heads, ffn " << mc.ffn << ", max_len " << mc.max_len << ": "
+      << res.parameters << " parameters";
+    progress.line(s.str());
+  }
+  if (cfg.resume && !cfg.quiet) progress.line("resumed at step " + std::to_string(step));
+
+  data::EpochOrder order(splits.train.size(), cfg.batch, cfg.seed);
+  const data::BatchOptions bopt = batch_options(mc);
+  model->train();
+  const auto t0 = Clock::now();
+  double train_seconds = 0, loss_ema = NAN, acc_ema = NAN;
+  int64_t tokens = 0;
+  const int64_t last = cfg.stop_after >= 0 ? std::min(cfg.steps, cfg.stop_after) : cfg.steps;
+  while (step < last) {
+    const auto ts = Clock::now();
+    auto t = to_tensors(data::make_batch(splits.train, order.batch(step), bopt));
+    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr_at(cfg, step));
+    opt.zero_grad();
+    auto logits = model->forward(t.tokens, t.mask, t.tokens2, t.mask2);
+    auto loss = torch::nn::functional::cross_entropy(logits, t.labels);
+    loss.backward();
+    if (cfg.clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), cfg.clip);
+    opt.step();
+    ++step;
+    const double l = loss.item<double>();
+    const double a = logits.argmax(1).eq(t.labels).to(torch::kDouble).mean().item<double>();
+    train_seconds += std::chrono::duration<double>(Clock::now() - ts).count();
+    tokens += t.real_tokens;
+    loss_ema = std::isnan(loss_ema) ? l : 0.9 * loss_ema + 0.1 * l;
+    acc_ema = std::isnan(acc_ema) ? a : 0.9 * acc_ema + 0.1 * a;
+    res.final_train_loss = l;
+    const double tps = tokens / std::max(train_seconds, 1e-9);
+    metrics.write(step, "train", {{"loss", l}, {"accuracy", a}, {"lr", lr_at(cfg, step - 1)}, {"tokens_per_s", tps}});
+    progress.update(step, loss_ema, acc_ema, tps);
+    const bool at_eval = (cfg.eval_every > 0 && step % cfg.eval_every == 0) || step == cfg.steps;
+    if (at_eval && !splits.val.examples.empty()) {
+      const EvalResult v = evaluate(model, splits.val, cfg.eval_batch);
+      metrics.write(step, "val", {{"loss", v.loss}, {"accuracy", v.accuracy}});
+      char line[160];
+      std::snprintf(line, sizeof line, "step %lld: val loss %.4f, val accuracy %.4f", (long long)step, v.loss, v.accuracy);
+      progress.line(line);
+      if (v.accuracy > best) {
+        best = v.accuracy;
+        if (!best_path.empty()) save_checkpoint(best_path, model, opt, step, best);
+      }
+    }
+    if (!latest.empty() && (at_eval || step == last)) save_checkpoint(latest, model, opt, step, best);
+  }
+  progress.finish();
+  res.steps_done = step;
+  res.best_val_accuracy = best;
+  res.wall_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  res.tokens_per_second = tokens / std::max(train_seconds, 1e-9);
+  if (step == cfg.steps) {
+    res.val = evaluate(model, splits.val, cfg.eval_batch);
+    res.test = evaluate(model, splits.test, cfg.eval_batch);
+    metrics.write(step, "test", {{"loss", res.test.loss}, {"accuracy", res.test.accuracy}});
+  }
+  res.peak_memory_mib = peak_memory_mib();
+  return res;
+}
+
+}  // namespace longattn::train

@@ -1,0 +1,163 @@
+#include "nn/attention.h"
+
+#include "longattn/ops.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace longattn::nn {
+namespace {
+
+// Exact softmax attention (the fused longattn operator), optionally with a learned relative bias on
+// the logits: coefficients [H, 2M - 1] at index j - i + M - 1; a sequence of n < M tokens uses the
+// central 2n - 1 of them.
+class SoftmaxCore : public AttentionCoreImpl {
+ public:
+  SoftmaxCore(const AttentionSpec& s, bool rel_bias) : max_len_(s.max_len) {
+    if (rel_bias) bias_ = register_parameter("rel_bias", torch::zeros({s.heads, 2 * s.max_len - 1}));
+  }
+  torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& key_mask) override {
+    const int64_t n = q.size(2);
+    SoftmaxAttentionOptions o;
+    o.key_padding_mask = key_mask;
+    if (bias_.defined()) {
+      TORCH_CHECK(n <= max_len_, "softmax-rpe: sequence of ", n, " tokens, but the bias covers ", max_len_);
+      o.rel_bias = bias_.slice(1, max_len_ - n, max_len_ + n - 1).to(q.dtype());
+    }
+    return softmax_attention(q, k, v, o);
+  }
+
+ private:
+  int64_t max_len_;
+  torch::Tensor bias_;
+};
+
+// Linear attention with a feature map phi: out_i = phi(q_i)^T S / (phi(q_i)^T z + eps), with
+// S = sum_j phi(k_j) v_j^T and z = sum_j phi(k_j) over the keys that take part.
+//  - "linear": phi = elu + 1 (Katharopoulos et al. 2020);
+//  - "sikf":   phi = exp after subtracting one scalar per (batch, head), mean(q) + mean(k); the
+//    shift cancels between numerator and denominator (papers.md 3.2), it only keeps exp in range.
+class LinearCore : public AttentionCoreImpl {
+ public:
+  explicit LinearCore(bool shift_invariant_exp) : sikf_(shift_invariant_exp) {}
+  torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& key_mask) override {
+    torch::Tensor fq, fk;
+    auto m = key_mask.unsqueeze(1).unsqueeze(-1).to(q.dtype());  // [B, 1, N, 1]
+    if (sikf_) {
+      auto offset = (q.mean({2, 3}, true) + k.mean({2, 3}, true)).detach();
+      fq = torch::exp(q - offset);
+      fk = torch::exp(k - offset);
+    } else {
+      fq = torch::elu(q) + 1;
+      fk = torch::elu(k) + 1;
+    }
+    fk = fk * m;
+    auto s = torch::matmul(fk.transpose(-1, -2), v);  // [B, H, Dh, Dh]
+    auto z = fk.sum(2, true);                         // [B, H, 1, Dh]
+    auto den = (fq * z).sum(-1, true) + 1e-6;
+    return torch::matmul(fq, s) / den;
+  }
+
+ private:
+  bool sikf_;
+};
+
+std::vector<AttentionEntry> builtin_attentions() {
+  std::vector<AttentionEntry> r;
+  r.push_back({"softmax", "exact softmax attention",
+               [](const AttentionSpec& s) { return std::make_shared<SoftmaxCore>(s, false); }});
+  r.push_back({"softmax-rpe", "exact softmax attention with a learned relative-position bias per head",
+               [](const AttentionSpec& s) { return std::make_shared<SoftmaxCore>(s, true); }});
+  r.push_back({"linear", "linear attention, elu(x)+1 features (Katharopoulos et al.)",
+               [](const AttentionSpec&) { return std::make_shared<LinearCore>(false); }});
+  r.push_back({"sikf", "linear attention with the shift-invariant exp kernel (Zubkov & Gavrilov)",
+               [](const AttentionSpec&) { return std::make_shared<LinearCore>(true); }});
+  return r;
+}
+
+}  // namespace
+
+const std::vector<AttentionEntry>& attention_registry() {
+  static const std::vector<AttentionEntry> registry = builtin_attentions();
+  return registry;
+}
+
+std::string attention_names() {
+  std::string s;
+  for (const auto& e : attention_registry()) s += (s.empty() ? "" : ", ") + e.name;
+  return s;
+}
+
+std::shared_ptr<AttentionCoreImpl> make_attention_core(const AttentionSpec& spec) {
+  for (const auto& e : attention_registry())
+    if (e.name == spec.name) return e.make(spec);
+  throw std::invalid_argument("unknown attention '" + spec.name + "'; known: " + attention_names());
+}
+
+// ---------------------------------------------------------------- FastRPB
+
+FastRPBImpl::FastRPBImpl(int64_t heads, int64_t max_len, bool two_d, int64_t height, int64_t width)
+    : max_len_(max_len), two_d_(two_d), height_(height), width_(width) {
+  if (two_d && (height <= 0 || width <= 0 || std::max(height, width) > max_len))
+    throw std::invalid_argument("fastrpb 2d needs the grid's height and width (the task must be an image)");
+  // Near zero with a tiny trend, as the authors initialise it, so training starts from plain attention.
+  auto r = torch::arange(-(max_len - 1), max_len, torch::kFloat).abs();
+  weights = register_parameter("weights", r.unsqueeze(0) * 1e-5 * torch::rand({heads, 2 * max_len - 1}) +
+                                              1e-6 * torch::randn({heads, 2 * max_len - 1}));
+}
+
+// out[.., i, :] = sum_j w[h, (j - i) + M - 1] v[.., j, :] for i, j < n, as a circular convolution of
+// length 2n: u[m] = w[-m] (m = i - j) placed at m mod 2n, so no wrap-around reaches a kept output.
+torch::Tensor FastRPBImpl::toeplitz_1d(const torch::Tensor& v, int64_t n) {
+  const int64_t M = max_len_, L = 2 * n;
+  auto w = weights.to(v.dtype());
+  auto u = torch::cat({w.slice(1, M - n, M).flip({1}), torch::zeros({w.size(0), 1}, w.options()),
+                       w.slice(1, M, M + n - 1).flip({1})},
+                      1);  // [H, 2n]
+  auto U = torch::fft::rfft(u, L, -1).unsqueeze(0).unsqueeze(-1);  // [1, H, n+1, 1]
+  auto V = torch::fft::rfft(v, L, 2);                               // [B, H, n+1, D]
+  return torch::fft::irfft(U * V, L, 2).slice(2, 0, n);
+}
+
+torch::Tensor FastRPBImpl::forward(const torch::Tensor& v_in, const torch::Tensor& key_mask) {
+  const int64_t n = v_in.size(2);
+  TORCH_CHECK(n <= max_len_, "fastrpb: sequence of ", n, " tokens, but the bias covers ", max_len_);
+  auto v = v_in * key_mask.unsqueeze(1).unsqueeze(-1).to(v_in.dtype());  // padded keys add nothing
+  if (!two_d_) return toeplitz_1d(v, n);
+  const int64_t hw = height_ * width_, lead = n - hw;
+  TORCH_CHECK(lead >= 0, "fastrpb 2d: sequence of ", n, " tokens is shorter than the ", height_, "x", width_, " grid");
+  auto grid = v.slice(2, lead, n).reshape({v.size(0), v.size(1), height_, width_, v.size(3)});
+  // (B v)[a, b] = sum_b' w[b' - b] colsum[b'] + sum_a' w[a' - a] rowsum[a']
+  auto along_w = toeplitz_1d(grid.sum(2), width_);   // [B, H, W, D]
+  auto along_h = toeplitz_1d(grid.sum(3), height_);  // [B, H, Hh, D]
+  auto out = (along_w.unsqueeze(2) + along_h.unsqueeze(3)).reshape({v.size(0), v.size(1), hw, v.size(3)});
+  if (lead == 0) return out;
+  return torch::cat({torch::zeros({v.size(0), v.size(1), lead, v.size(3)}, v.options()), out}, 2);
+}
+
+// ---------------------------------------------------------------- multi-head layer
+
+MultiHeadAttentionImpl::MultiHeadAttentionImpl(const AttentionSpec& spec) : spec_(spec) {
+  if (spec.dim % spec.heads != 0)
+    throw std::invalid_argument("dim " + std::to_string(spec.dim) + " is not a multiple of heads " + std::to_string(spec.heads));
+  qkv_ = register_module("qkv", torch::nn::Linear(spec.dim, 3 * spec.dim));
+  out_ = register_module("out", torch::nn::Linear(spec.dim, spec.dim));
+  core_ = register_module("core", make_attention_core(spec));
+  if (spec.fastrpb == "1d" || spec.fastrpb == "2d")
+    rpb_ = register_module("fastrpb", FastRPB(spec.heads, spec.max_len, spec.fastrpb == "2d", spec.height, spec.width));
+  else if (spec.fastrpb != "none")
+    throw std::invalid_argument("fastrpb must be none, 1d or 2d, got '" + spec.fastrpb + "'");
+}
+
+torch::Tensor MultiHeadAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& key_mask) {
+  const int64_t B = x.size(0), N = x.size(1), H = spec_.heads, Dh = spec_.dim / H;
+  auto qkv = qkv_->forward(x).view({B, N, 3, H, Dh}).permute({2, 0, 3, 1, 4});  // [3, B, H, N, Dh]
+  auto q = qkv[0], k = qkv[1], v = qkv[2];
+  auto y = core_->forward(q, k, v, key_mask);
+  if (rpb_) y = y + rpb_->forward(v, key_mask);
+  return out_->forward(y.transpose(1, 2).reshape({B, N, spec_.dim}));
+}
+
+}  // namespace longattn::nn

@@ -1,0 +1,80 @@
+// Attention mechanisms by name, and the multi-head attention layer that uses them.
+//
+// A mechanism ("core") maps q, k, v [B, H, N, Dh] and a key mask [B, N] (bool, true = the key
+// takes part) to [B, H, N, Dh]. Each one is a single entry in the registry (attention.cpp,
+// builtin_attentions()): its name, a one-line description and a factory. An unknown name is an
+// error that lists the known ones.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace longattn::nn {
+
+struct AttentionSpec {
+  std::string name = "softmax";
+  int64_t dim = 64;      // model width; heads * head_dim
+  int64_t heads = 2;
+  int64_t max_len = 512;  // longest sequence the position-dependent parameters cover
+  std::string fastrpb = "none";  // FastRPB add-on: "none", "1d", or "2d" (needs height and width)
+  int64_t height = 0, width = 0;  // 2-D grid of the last height*width positions
+  uint64_t seed = 0;              // for random features / hashes of approximate mechanisms
+};
+
+class AttentionCoreImpl : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                const torch::Tensor& key_mask) = 0;
+};
+
+using AttentionFactory = std::function<std::shared_ptr<AttentionCoreImpl>(const AttentionSpec&)>;
+
+struct AttentionEntry {
+  std::string name;
+  std::string description;
+  AttentionFactory make;
+};
+
+// The registered mechanisms, in registration order.
+const std::vector<AttentionEntry>& attention_registry();
+std::string attention_names();  // "softmax, softmax-rpe, ..."
+// Throws std::invalid_argument for an unknown name, listing the known ones.
+std::shared_ptr<AttentionCoreImpl> make_attention_core(const AttentionSpec& spec);
+
+// FastRPB (Zubkov & Gavrilov 2022): adds B v to the attention output, B a learned Toeplitz matrix
+// per head, B_ij = w[h, (j - i) + max_len - 1] (1-D), or for a height x width grid the separable
+// B[(a,b),(a',b')] = w[h, a' - a + M] + w[h, b' - b + M] (2-D; positions before the grid, e.g. CLS,
+// get no bias). Computed by FFT: O(N log N) per channel, no N x N matrix.
+class FastRPBImpl : public torch::nn::Module {
+ public:
+  FastRPBImpl(int64_t heads, int64_t max_len, bool two_d, int64_t height, int64_t width);
+  torch::Tensor forward(const torch::Tensor& v, const torch::Tensor& key_mask);  // v [B, H, N, Dh]
+  torch::Tensor weights;  // [H, 2M - 1]
+
+ private:
+  torch::Tensor toeplitz_1d(const torch::Tensor& v, int64_t n);  // along dim 2 of v, the first n offsets
+  int64_t max_len_;
+  bool two_d_;
+  int64_t height_, width_;
+};
+TORCH_MODULE(FastRPB);
+
+// Multi-head attention: fused q/k/v projection, the named core, the optional FastRPB, output projection.
+class MultiHeadAttentionImpl : public torch::nn::Module {
+ public:
+  explicit MultiHeadAttentionImpl(const AttentionSpec& spec);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& key_mask);  // x [B, N, dim]
+
+ private:
+  AttentionSpec spec_;
+  torch::nn::Linear qkv_{nullptr}, out_{nullptr};
+  std::shared_ptr<AttentionCoreImpl> core_;
+  FastRPB rpb_{nullptr};
+};
+TORCH_MODULE(MultiHeadAttention);
+
+}  // namespace longattn::nn

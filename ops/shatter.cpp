@@ -1,0 +1,208 @@
+// torch binding of the Shatter attention kernels (kernels/shatter).
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "kernels/shatter/shatter.h"
+#include "longattn/shatter.h"
+#include "ops/checks.h"
+#include "ops/views.h"
+
+namespace longattn::ops {
+namespace {
+
+constexpr const char* kOp = "shatter_attention";
+
+using OptTensor = c10::optional<at::Tensor>;
+
+// A [B, N, D] tensor (last dimension contiguous) as a one-head [B, 1, N, D] view.
+template <class T>
+kernels::BHND<T> one_head(const at::Tensor& t) {
+  TORCH_INTERNAL_ASSERT(t.dim() == 3 && (t.stride(2) == 1 || t.size(2) <= 1));
+  return kernels::BHND<T>{t.data_ptr<std::remove_const_t<T>>(), t.size(0), 1, t.size(1), t.size(2),
+                          t.stride(0), 0, t.stride(1)};
+}
+
+template <class T>
+kernels::ShatterParams<T> make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const at::Tensor& partition, const OptTensor& mask,
+                                      bool sigmoid, bool causal, double scale) {
+  kernels::ShatterParams<T> p;
+  p.q = one_head<const T>(q);
+  p.k = one_head<const T>(k);
+  p.v = bhnd<const T>(v);
+  p.partition = partition.data_ptr<T>();
+  p.partition_stride_p = partition.stride(0);
+  if (mask && mask->defined()) {
+    p.key_padding_mask = reinterpret_cast<const uint8_t*>(mask->data_ptr<bool>());
+    p.mask_stride_b = mask->stride(0);
+  }
+  p.activation = sigmoid ? kernels::ShatterActivation::sigmoid : kernels::ShatterActivation::softmax;
+  p.causal = causal;
+  p.scale = scale;
+  p.threads = at::get_num_threads();
+  return p;
+}
+
+// Nothing to attend over or nothing to produce: every output and gradient is zero.
+bool degenerate(const at::Tensor& q, const at::Tensor& v) {
+  return q.size(0) == 0 || q.size(1) == 0 || v.size(1) == 0 || v.size(3) == 0;
+}
+
+// Inputs arrive checked, with contiguous last dims (mask and partition fully contiguous).
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const at::Tensor& partition,
+                                               const OptTensor& mask, bool sigmoid, bool causal,
+                                               double scale) {
+  const int64_t B = q.size(0), N = q.size(1), Dv = v.size(3);
+  at::Tensor out = at::empty({B, N, Dv}, v.options());
+  at::Tensor lse = at::empty({B, N}, q.options());
+  if (degenerate(q, v)) {
+    out.zero_();
+    lse.fill_(sigmoid ? 0.0 : -INFINITY);
+    return {out, lse};
+  }
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "shatter_attention_forward", [&] {
+    auto p = make_params<scalar_t>(q, k, v, partition, mask, sigmoid, causal, scale);
+    kernels::shatter_forward<scalar_t>(p, one_head<scalar_t>(out), lse.data_ptr<scalar_t>());
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& partition, const at::Tensor& out, const at::Tensor& lse, const OptTensor& mask,
+    bool sigmoid, bool causal, double scale) {
+  at::Tensor gq = at::empty(q.sizes(), q.options());
+  at::Tensor gk = at::empty(k.sizes(), k.options());
+  at::Tensor gv = at::empty(v.sizes(), v.options());
+  at::Tensor gp = at::empty(partition.sizes(), partition.options());
+  if (degenerate(q, v)) {
+    gq.zero_(), gk.zero_(), gv.zero_(), gp.zero_();
+    return {gq, gk, gv, gp};
+  }
+  at::Tensor go = last_dim_contiguous(grad_out);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "shatter_attention_backward", [&] {
+    auto p = make_params<scalar_t>(q, k, v, partition, mask, sigmoid, causal, scale);
+    kernels::ShatterGrads<scalar_t> g;
+    g.out = one_head<const scalar_t>(out);
+    g.grad_out = one_head<const scalar_t>(go);
+    g.lse = lse.data_ptr<scalar_t>();
+    g.grad_q = one_head<scalar_t>(gq);
+    g.grad_k = one_head<scalar_t>(gk);
+    g.grad_v = bhnd<scalar_t>(gv);
+    g.grad_partition = gp.data_ptr<scalar_t>();
+    kernels::shatter_backward<scalar_t>(p, g);
+  });
+  return {gq, gk, gv, gp};
+}
+
+class ShatterFunction : public torch::autograd::Function<ShatterFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                            const at::Tensor& k, const at::Tensor& v, const at::Tensor& partition,
+                            const OptTensor& mask, bool sigmoid, bool causal, double scale) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("longattn::_shatter_attention_forward", "")
+                         .typed<decltype(forward_cpu)>();
+    auto [out, lse] = op.call(q, k, v, partition, mask, sigmoid, causal, scale);
+    ctx->save_for_backward({q, k, v, partition, out, lse, mask ? *mask : at::Tensor()});
+    ctx->saved_data["sigmoid"] = sigmoid;
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["scale"] = scale;
+    return out;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("longattn::_shatter_attention_backward", "")
+                         .typed<decltype(backward_cpu)>();
+    auto s = ctx->get_saved_variables();
+    OptTensor mask = s[6].defined() ? OptTensor(s[6]) : c10::nullopt;
+    auto [gq, gk, gv, gp] = op.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], mask,
+                                    ctx->saved_data["sigmoid"].toBool(),
+                                    ctx->saved_data["causal"].toBool(),
+                                    ctx->saved_data["scale"].toDouble());
+    return {gq, gk, gv, gp, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor shatter_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& partition, c10::string_view activation,
+                                  bool causal, const OptTensor& key_padding_mask,
+                                  c10::optional<double> scale) {
+  if (activation != "softmax" && activation != "sigmoid")
+    fail(kOp, "activation must be 'softmax' or 'sigmoid', got '" + std::string(activation) + "'");
+  check_rank(kOp, "q", q, 3, "[B, N, D]");
+  check_rank(kOp, "k", k, 3, "[B, N, D]");
+  check_rank(kOp, "v", v, 4, "[B, P, N, Dv]");
+  check_rank(kOp, "partition", partition, 2, "[P, 2N-1]");
+  check_float_dtype(kOp, "q", q);
+  check_same_dtype_device(kOp, "q", q, "k", k);
+  check_same_dtype_device(kOp, "q", q, "v", v);
+  check_same_dtype_device(kOp, "q", q, "partition", partition);
+  if (!q.device().is_cpu()) fail(kOp, "only CPU tensors are supported in this build, got " + q.device().str());
+  const int64_t B = q.size(0), N = q.size(1), D = q.size(2);
+  check_shape(kOp, "k", k, {B, N, D}, "[B, N, D]");
+  check_shape(kOp, "v", v, {B, -1, N, -1}, "[B, P, N, Dv]");
+  const int64_t P = v.size(1);
+  check_shape(kOp, "partition", partition, {P, std::max<int64_t>(2 * N - 1, 0)}, "[P, 2N-1]");
+  OptTensor mask;
+  if (key_padding_mask && key_padding_mask->defined()) {
+    check_key_padding_mask(kOp, *key_padding_mask, B, N);
+    mask = key_padding_mask->contiguous();
+  }
+  if (D == 0 && B * N > 0) {
+    // Head dim 0: every score is 0; the kernels want at least one feature.
+    return shatter_attention_impl(q.new_zeros({B, N, 1}), k.new_zeros({B, N, 1}), v, partition,
+                                  activation, causal, key_padding_mask, scale.value_or(1.0));
+  }
+  const double s = scale ? *scale : (D > 0 ? 1.0 / std::sqrt(static_cast<double>(D)) : 1.0);
+  if (!std::isfinite(s)) fail(kOp, "scale must be finite, got " + std::to_string(s));
+  return ShatterFunction::apply(last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v),
+                                partition.contiguous(), mask, activation == "sigmoid", causal, s);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(longattn, m) {
+  m.def(
+      "shatter_attention(Tensor q, Tensor k, Tensor v, Tensor partition, *, str activation='softmax', "
+      "bool causal=False, Tensor? key_padding_mask=None, float? scale=None) -> Tensor");
+  m.def(
+      "_shatter_attention_forward(Tensor q, Tensor k, Tensor v, Tensor partition, "
+      "Tensor? key_padding_mask, bool sigmoid, bool causal, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "_shatter_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor partition, "
+      "Tensor out, Tensor lse, Tensor? key_padding_mask, bool sigmoid, bool causal, float scale) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(longattn, CPU, m) {
+  m.impl("_shatter_attention_forward", forward_cpu);
+  m.impl("_shatter_attention_backward", backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
+  m.impl("shatter_attention", shatter_attention_impl);
+}
+
+}  // namespace longattn::ops
+
+namespace longattn {
+
+at::Tensor shatter_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& partition, const ShatterAttentionOptions& options) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("longattn::shatter_attention", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, c10::string_view, bool,
+                                         const c10::optional<at::Tensor>&, c10::optional<double>)>();
+  return op.call(q, k, v, partition, options.activation, options.causal, options.key_padding_mask,
+                 options.scale);
+}
+
+}  // namespace longattn
