@@ -5,3 +5,4 @@
 #include "longattn/toeplitz.h"
 #include "longattn/kernelized_rpe.h"
 #include "longattn/shatter.h"
+#include "longattn/yoso.h"

@@ -1,0 +1,69 @@
+"""The YOSO attention layer of Zeng et al. (ICML 2021) on longattn's operators."""
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .._yoso import yoso_attention, yoso_expectation
+
+__all__ = ["YOSOAttention"]
+
+
+class YOSOAttention(nn.Module):
+    """YOSO attention over per-head q, k, v [B, H, N, D] (projections belong to the caller).
+
+    As the authors' layer: ``X = normalize(YOSO(q, k, v))`` row-wise (L2; YOSO's weights do not
+    sum to one, so the output scale is dropped), plus, with ``conv_window=w`` (the "YOSO-C"
+    variant), a depthwise convolution of the masked values over the sequence,
+    ``X += conv(v ⊙ mask)`` with kernel (w, 1), padding w // 2, no bias, one filter per head.
+
+    Hashing: in training mode every call draws fresh hash functions (a new seed from a
+    ``torch.Generator`` seeded with ``seed``), so successive steps see independent estimates;
+    in eval mode every call uses ``seed`` itself, so evaluation is deterministic.
+    ``use_expectation=True`` uses YOSO-E (O(N²), no hashing) instead.
+
+    The backward through the LSH estimate is the paper's surrogate, not the true gradient
+    (see ``longattn.yoso_attention``).
+    """
+
+    def __init__(self, num_heads, hash_bits, num_hashes=32, *, conv_window=None,
+                 hashing="hadamard", backward="lsh", use_expectation=False, seed=0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.hash_bits = hash_bits
+        self.num_hashes = num_hashes
+        self.hashing = hashing
+        self.backward = backward
+        self.use_expectation = use_expectation
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
+        self.conv = None
+        if conv_window is not None:
+            self.conv = nn.Conv2d(num_heads, num_heads, kernel_size=(conv_window, 1),
+                                  padding=(conv_window // 2, 0), bias=False, groups=num_heads)
+
+    def extra_repr(self):
+        return (f"num_heads={self.num_heads}, hash_bits={self.hash_bits}, "
+                f"num_hashes={self.num_hashes}, hashing={self.hashing!r}, "
+                f"use_expectation={self.use_expectation}, seed={self.seed}")
+
+    def next_seed(self):
+        """The seed of this call: fresh from the generator in training, ``seed`` in eval."""
+        if not self.training:
+            return self.seed
+        return int(torch.randint(0, 2**62, (1,), generator=self._generator).item())
+
+    def forward(self, q, k, v, key_padding_mask=None):
+        """q [B, H, N, D], k [B, H, N, D], v [B, H, N, Dv]; key_padding_mask [B, N] bool, True =
+        the token takes part (masked tokens output zeros, apart from the convolution term)."""
+        if self.use_expectation:
+            x = yoso_expectation(q, k, v, hash_bits=self.hash_bits,
+                                 key_padding_mask=key_padding_mask)
+        else:
+            x = yoso_attention(q, k, v, hash_bits=self.hash_bits, num_hashes=self.num_hashes,
+                               seed=self.next_seed(), key_padding_mask=key_padding_mask,
+                               hashing=self.hashing, backward=self.backward)
+        x = F.normalize(x, p=2, dim=-1)
+        if self.conv is not None:
+            masked_v = v if key_padding_mask is None else v * key_padding_mask[:, None, :, None].to(v.dtype)
+            x = x + self.conv(masked_v)
+        return x

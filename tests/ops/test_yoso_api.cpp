@@ -1,0 +1,43 @@
+// yoso_attention / yoso_expectation as a C++ user calls them: <longattn/ops.h>, autograd.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "longattn/ops.h"
+
+TEST(CppApiYoso, LshIsSeededAndItsExactBackwardIsTheExpectationSurrogate) {
+  torch::manual_seed(0);
+  auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  auto q = torch::randn({2, 3, 17, 8}, opts).requires_grad_();
+  auto k = torch::randn({2, 3, 17, 8}, opts).requires_grad_();
+  auto v = torch::randn({2, 3, 17, 5}, opts).requires_grad_();
+  longattn::YosoOptions o;
+  o.hash_bits = 3;
+  o.num_hashes = 8;
+  o.seed = 42;
+  o.backward = "exact";
+  auto a = longattn::yoso_attention(q, k, v, o);
+  EXPECT_TRUE(torch::equal(a, longattn::yoso_attention(q, k, v, o)));
+  longattn::YosoExpectationOptions e;
+  e.hash_bits = 3;
+  e.backward = "surrogate";
+  auto b = longattn::yoso_expectation(q, k, v, e);
+  auto g = torch::randn_like(a);
+  auto ga = torch::autograd::grad({a}, {q, k, v}, {g});
+  auto gb = torch::autograd::grad({b}, {q, k, v}, {g});
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(ga[i], gb[i], 1e-10, 1e-12));
+}
+
+TEST(CppApiYoso, HashBitsOutOfRangeNamesTheLimit) {
+  auto q = torch::randn({1, 2, 3, 4});
+  longattn::YosoOptions o;
+  o.hash_bits = 31;
+  o.num_hashes = 4;
+  try {
+    longattn::yoso_attention(q, q, q, o);
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    std::string msg = e.what_without_backtrace();
+    EXPECT_NE(msg.find("longattn.yoso_attention: hash_bits must be in [1, 30]"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("got 31"), std::string::npos) << msg;
+  }
+}
