@@ -232,8 +232,9 @@ struct Kernels {
     store(x, ar + br), store(x + W, ai + bi), store(x + 2 * W, ar - br), store(x + 3 * W, ai - bi);
   }
 
-  // Below this size a sub-transform is done stage by stage (it sits in L1/L2 by then).
-  static constexpr int64_t kBreadthFirst = 1024;
+  // Below this size a sub-transform is done stage by stage (256 elements of 2W values: 32 KiB
+  // for float, in L1; measured 12% faster than 1024 at n = 8192 and 131072).
+  static constexpr int64_t kBreadthFirst = 256;
 
   static void forward_rec(const Plan<T>& p, T* x, int64_t m) {
     if (m <= kBreadthFirst) {

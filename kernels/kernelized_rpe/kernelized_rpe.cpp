@@ -66,10 +66,7 @@ template <class T>
 std::vector<T> weight_spectra(const KernelizedRpeParams<T>& p, const fft::Plan<T>& plan) {
   const int64_t H = p.phi_q.H, L = plan.n;
   std::vector<T> z(H * 2 * L);
-  parallel_for(H, p.threads, [&](int64_t h) {
-    kernel_spectrum(plan, p.weights + h * p.weights_stride_h, p.phi_q.N, p.causal, T(1) / T(L),
-                    z.data() + h * 2 * L);
-  });
+  kernel_spectra(plan, p.weights, p.weights_stride_h, H, p.phi_q.N, p.causal, T(1) / T(L), z.data());
   return z;
 }
 
@@ -230,10 +227,8 @@ void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRp
         const T* src = cross.data() + (b * H + h) * 2 * L;
         for (int64_t f = 0; f < 2 * L; ++f) s[f] += src[f];
       }
-    T* gw = g.grad_weights + o * R;
-    std::fill(gw, gw + R, T(0));
-    coeff_grad_from_cross(*plan, s, N, p.causal, gw);
   });
+  coeff_grads_from_cross(*plan, sum.data(), outs, N, p.causal, g.grad_weights);
 }
 
 #define LONGATTN_KRPE_INSTANTIATE(T)                                                     \

@@ -12,12 +12,9 @@ namespace {
 // Kernel spectra of every head, 1/L folded in: [H][2L].
 template <class T>
 std::vector<T> head_spectra(const ToeplitzParams<T>& p, const fft::Plan<T>& plan, int64_t H) {
-  const int64_t L = plan.n, N = p.x.N;
+  const int64_t L = plan.n;
   std::vector<T> z(H * 2 * L);
-  parallel_for(H, p.threads, [&](int64_t h) {
-    kernel_spectrum(plan, p.coeffs + h * p.coeffs_stride_h, N, p.causal, T(1) / T(L),
-                    z.data() + h * 2 * L);
-  });
+  kernel_spectra(plan, p.coeffs, p.coeffs_stride_h, H, p.x.N, p.causal, T(1) / T(L), z.data());
   return z;
 }
 
@@ -93,10 +90,8 @@ void fft_backward(const ToeplitzParams<T>& p, const ToeplitzGrads<T>& g) {
           for (int64_t f = 0; f < 2 * L; ++f) s[f] += src[f];
         }
       }
-    T* out = g.grad_coeffs + o * (2 * N - 1);
-    std::fill(out, out + 2 * N - 1, T(0));
-    coeff_grad_from_cross(*plan, s, N, p.causal, out);
   });
+  coeff_grads_from_cross(*plan, sum.data(), outs, N, p.causal, g.grad_coeffs);
 }
 
 template void fft_forward<float>(const ToeplitzParams<float>&, BHND<float>);
