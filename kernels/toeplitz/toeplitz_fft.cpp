@@ -35,9 +35,8 @@ void fft_forward(const ToeplitzParams<T>& p, BHND<T> y) {
     auto& buf = scratch[thread_index()];
     buf.resize(L * 2 * W);
     load_chunk<T, W>(p.x.row(b, h, 0), p.x.sn, N, C, c0, L, buf.data());
-    fft::forward<T, W>(*plan, buf.data());
-    multiply_spectrum<T, W>(buf.data(), z.data() + h * 2 * L, L, false);
-    fft::inverse<T, W>(*plan, buf.data());
+    fft::forward_padded<T, W>(*plan, buf.data(), N);
+    fft::inverse_product<T, W>(*plan, buf.data(), z.data() + h * 2 * L, false, N);
     store_chunk<T, W>(buf.data(), N, C, c0, y.row(b, h, 0), y.sn);
   });
 }
@@ -62,17 +61,16 @@ void fft_backward(const ToeplitzParams<T>& p, const ToeplitzGrads<T>& g) {
     auto& gb = gbufs[thread_index()];
     gb.resize(L * 2 * W);
     load_chunk<T, W>(g.grad_y.row(b, h, 0), g.grad_y.sn, N, C, c0, L, gb.data());
-    fft::forward<T, W>(*plan, gb.data());
+    fft::forward_padded<T, W>(*plan, gb.data(), N);
     if (want_c) {
       auto& xb = xbufs[thread_index()];
       xb.resize(L * 2 * W);
       load_chunk<T, W>(p.x.row(b, h, 0), p.x.sn, N, C, c0, L, xb.data());
-      fft::forward<T, W>(*plan, xb.data());
+      fft::forward_padded<T, W>(*plan, xb.data(), N);
       accumulate_cross<T, W>(gb.data(), xb.data(), L, cross.data() + item * 2 * L);
     }
     if (want_x) {
-      multiply_spectrum<T, W>(gb.data(), z.data() + h * 2 * L, L, true);
-      fft::inverse<T, W>(*plan, gb.data());
+      fft::inverse_product<T, W>(*plan, gb.data(), z.data() + h * 2 * L, true, N);
       store_chunk<T, W>(gb.data(), N, C, c0, g.grad_x.row(b, h, 0), g.grad_x.sn);
     }
   });

@@ -46,7 +46,7 @@ void kernel_spectra(const fft::Plan<T>& plan, const T* c, int64_t stride, int64_
 }
 
 // Copies channels [c0, c0 + 2W) of rows [0, N) of x (row stride sn, C channels) into buf,
-// zero elsewhere (missing channels and rows [N, L)).
+// zero for missing channels. Rows [N, L) are left to fft::forward_padded.
 template <class T, int W>
 void load_chunk(const T* x, int64_t sn, int64_t N, int64_t C, int64_t c0, int64_t L, T* buf) {
   const int64_t nc = std::min<int64_t>(2 * W, C - c0);
@@ -59,7 +59,7 @@ void load_chunk(const T* x, int64_t sn, int64_t N, int64_t C, int64_t c0, int64_
       for (int l = 0; l < 2 * W; ++l) dst[l] = l < nc ? src[l] : T(0);
     }
   }
-  std::memset(static_cast<void*>(buf + N * 2 * W), 0, (L - N) * 2 * W * sizeof(T));
+  (void)L;
 }
 
 // The inverse of load_chunk on rows [0, N): y[j, c0 + l] = buf[j][l] for the channels present.
@@ -67,22 +67,6 @@ template <class T, int W>
 void store_chunk(const T* buf, int64_t N, int64_t C, int64_t c0, T* y, int64_t sn) {
   const int64_t nc = std::min<int64_t>(2 * W, C - c0);
   for (int64_t j = 0; j < N; ++j) std::memcpy(y + j * sn + c0, buf + j * 2 * W, nc * sizeof(T));
-}
-
-// buf[f] *= z[f] (conj(z[f]) when `conjugate`), z a one-lane spectrum [L][2].
-template <class T, int W>
-void multiply_spectrum(T* buf, const T* z, int64_t L, bool conjugate) {
-  for (int64_t f = 0; f < L; ++f) {
-    const T zr = z[2 * f], zi = conjugate ? -z[2 * f + 1] : z[2 * f + 1];
-    T* re = buf + f * 2 * W;
-    T* im = re + W;
-#pragma omp simd
-    for (int l = 0; l < W; ++l) {
-      const T a = re[l], b = im[l];
-      re[l] = a * zr - b * zi;
-      im[l] = a * zi + b * zr;
-    }
-  }
 }
 
 // acc[f] += sum over lanes of g[f] * conj(x[f]), acc a one-lane spectrum [L][2]. Because two
