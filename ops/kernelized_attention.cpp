@@ -11,6 +11,7 @@
 #include "kernels/kernelized_attention/random_features.h"
 #include "longattn/kernelized_attention.h"
 #include "ops/checks.h"
+#include "ops/kernelized_rpe.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
@@ -174,10 +175,40 @@ void check_projection(const at::Tensor& q, const OptTensor& projection,
   }
 }
 
+// rel_bias (Luo et al. 2021): the feature maps in torch ops, then Toeplitz products by FFT on
+// the features (ops/kernelized_rpe.cpp). The exponential maps are stabilised as the kernel
+// does, by maxima that cancel: a query row's own maximum, and for the keys one maximum per
+// (b, h) over all keys (a Toeplitz product cannot use the causal kernel's running maximum; with
+// causal, a future key far larger than the earlier ones can make them underflow). eps is added
+// to the denominator of these stabilised features. No detach: autograd differentiates the
+// definition exactly, the (eps-sized) path through the maxima included.
+at::Tensor rel_bias_path(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const std::string& feature_map, bool causal, const OptTensor& mask,
+                         const OptTensor& proj, const at::Tensor& rel_bias, double eps) {
+  auto features = [&](const at::Tensor& x, bool query) -> at::Tensor {
+    if (feature_map == "elu") return at::elu(x) + 1;
+    if (feature_map == "relu") return at::relu(x);
+    at::Tensor u = x;
+    if (feature_map == "favor") {
+      const at::Tensor& w = *proj;  // [m, D] or [H, m, D]
+      u = (w.dim() == 3 ? at::matmul(x, w.unsqueeze(0).transpose(-1, -2)) : at::matmul(x, w.t())) -
+          0.5 * (x * x).sum(-1, true);
+    }
+    if (u.size(-1) == 0 || u.size(2) == 0) return u;
+    at::Tensor shift = query ? std::get<0>(u.max(-1, true)) : u.amax({2, 3}, true);
+    at::Tensor phi = (u - shift).exp();
+    return feature_map == "favor" ? phi / std::sqrt(static_cast<double>(u.size(-1))) : phi;
+  };
+  at::Tensor fk = features(k, false);
+  if (mask) fk = fk * mask->unsqueeze(1).unsqueeze(-1).to(fk.dtype());
+  return kernelized_rpe_from_features(features(q, true), fk, v, rel_bias, causal, mask, eps);
+}
+
 at::Tensor kernelized_attention_impl(const at::Tensor& q, const at::Tensor& k,
                                      const at::Tensor& v, c10::string_view feature_map_view,
                                      bool causal, const OptTensor& key_padding_mask,
-                                     const OptTensor& projection, double eps) {
+                                     const OptTensor& projection, double eps,
+                                     const OptTensor& rel_bias) {
   const std::string feature_map(feature_map_view);
   parse_feature_map(feature_map);
   check_rank(kOp, "q", q, 4, "[B, H, Nq, D]");
@@ -203,6 +234,15 @@ at::Tensor kernelized_attention_impl(const at::Tensor& q, const at::Tensor& k,
     mask = key_padding_mask->contiguous();
   }
   if (projection && projection->defined()) proj = projection->detach().contiguous();
+  if (rel_bias && rel_bias->defined()) {
+    if (Nq != Nk)
+      fail(kOp, "rel_bias needs Nq == Nk, got Nq = " + std::to_string(Nq) + " and Nk = " +
+                    std::to_string(Nk));
+    check_same_dtype_device(kOp, "q", q, "rel_bias", *rel_bias);
+    check_rank(kOp, "rel_bias", *rel_bias, 2, "[H, 2N-1]");
+    check_shape(kOp, "rel_bias", *rel_bias, {H, std::max<int64_t>(2 * Nq - 1, 0)}, "[H, 2N-1]");
+    return rel_bias_path(q, k, v, feature_map, causal, mask, proj, *rel_bias, eps);
+  }
   if (D == 0 && feature_map == "favor" && proj->size(-2) > 0 && q.numel() == 0 &&
       B * H * Nq > 0) {
     // No input feature: u = 0 and every key weighs the same. The kernels want D >= 1; one
@@ -212,7 +252,7 @@ at::Tensor kernelized_attention_impl(const at::Tensor& q, const at::Tensor& k,
                                            : std::vector<int64_t>{proj->size(0), 1};
     auto one = proj->new_zeros(shape);
     return kernelized_attention_impl(q.sum(-1, true) * 0, k.sum(-1, true) * 0, v, feature_map,
-                                     causal, key_padding_mask, one, eps);
+                                     causal, key_padding_mask, one, eps, rel_bias);
   }
   return KernelizedAttentionFunction::apply(last_dim_contiguous(q), last_dim_contiguous(k),
                                             last_dim_contiguous(v), mask, proj, feature_map,
@@ -249,7 +289,8 @@ at::Tensor random_features_impl(int64_t m, int64_t d, int64_t seed, bool orthogo
 TORCH_LIBRARY_FRAGMENT(longattn, m) {
   m.def(
       "kernelized_attention(Tensor q, Tensor k, Tensor v, *, str feature_map, bool causal=False, "
-      "Tensor? key_padding_mask=None, Tensor? projection=None, float eps=1e-6) -> Tensor");
+      "Tensor? key_padding_mask=None, Tensor? projection=None, float eps=1e-6, "
+      "Tensor? rel_bias=None) -> Tensor");
   m.def(
       "_kernelized_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, "
       "Tensor? projection, str feature_map, bool causal, float eps) -> (Tensor, Tensor)");
@@ -285,9 +326,10 @@ at::Tensor kernelized_attention(const at::Tensor& q, const at::Tensor& k, const 
           .findSchemaOrThrow("longattn::kernelized_attention", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             c10::string_view, bool, const c10::optional<at::Tensor>&,
-                            const c10::optional<at::Tensor>&, double)>();
+                            const c10::optional<at::Tensor>&, double,
+                            const c10::optional<at::Tensor>&)>();
   return op.call(q, k, v, feature_map, options.causal, options.key_padding_mask,
-                 options.projection, options.eps);
+                 options.projection, options.eps, options.rel_bias);
 }
 
 at::Tensor random_features(int64_t m, int64_t d, int64_t seed,

@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "bench/registry.h"
+#include "longattn/kernelized_attention.h"
 #include "longattn/kernelized_rpe.h"
 #include "longattn/softmax_attention.h"
 #include "longattn/toeplitz.h"
@@ -123,21 +124,30 @@ Inputs attention_inputs(const Shape& s, int64_t m) {
   in.v = randn({s.B, s.H, s.N, s.D}, s, true);
   in.grad = randn({s.B, s.H, s.N, s.D}, s);
   in.coeffs = (0.1 * randn({s.H, 2 * s.N - 1}, s)).set_requires_grad(true);
-  if (m > 0) in.omega = randn({m, s.D}, s);
+  if (m > 0) in.omega = random_features(m, s.D, 0, RandomFeaturesOptions{}).to(s.dtype);
   return in;
 }
 
-std::optional<Runner> make_attention_rpb(const Shape& s, std::string&, bool with_rpb) {
+// attention: "sikf" (kernelized_attention, the FastRPB authors' kernel) or "softmax".
+std::optional<Runner> make_attention_rpb(const Shape& s, std::string&, const std::string& attention,
+                                         bool with_rpb) {
   Inputs in = attention_inputs(s, 0);
   nn::FastRPBOptions o;
   o.heads = s.H, o.max_len = s.N, o.causal = s.causal;
   auto rpb = std::make_shared<nn::FastRPB>(o);
   (*rpb)->to(s.dtype);
   return finish(in,
-                [rpb, with_rpb, c = s.causal](const Inputs& x) {
-                  SoftmaxAttentionOptions so;
-                  so.causal = c;
-                  auto out = softmax_attention(x.q, x.k, x.v, so);
+                [rpb, with_rpb, attention, c = s.causal](const Inputs& x) {
+                  at::Tensor out;
+                  if (attention == "sikf") {
+                    KernelizedAttentionOptions ko;
+                    ko.causal = c;
+                    out = kernelized_attention(x.q, x.k, x.v, "sikf", ko);
+                  } else {
+                    SoftmaxAttentionOptions so;
+                    so.causal = c;
+                    out = softmax_attention(x.q, x.k, x.v, so);
+                  }
                   return with_rpb ? out + (*rpb)->forward(x.v) : out;
                 },
                 {in.q, in.k, in.v});
@@ -156,8 +166,11 @@ std::vector<Shape> fastrpb_grid(bool quick) {
 RegisterSuite reg_fastrpb(
     {"fastrpb", "FastRPB's cost on top of an attention: attention(q,k,v) + B v vs attention alone",
      fastrpb_grid,
-     {{"softmax+FastRPB", false, [](const Shape& s, std::string& w) { return make_attention_rpb(s, w, true); }},
-      {"softmax", true, [](const Shape& s, std::string& w) { return make_attention_rpb(s, w, false); }}}});
+     {{"sikf+FastRPB", false, [](const Shape& s, std::string& w) { return make_attention_rpb(s, w, "sikf", true); }},
+      {"sikf", true, [](const Shape& s, std::string& w) { return make_attention_rpb(s, w, "sikf", false); }},
+      {"softmax+FastRPB", false,
+       [](const Shape& s, std::string& w) { return make_attention_rpb(s, w, "softmax", true); }},
+      {"softmax", true, [](const Shape& s, std::string& w) { return make_attention_rpb(s, w, "softmax", false); }}}});
 
 // ----------------------------------------------------------------------------------- luo
 
@@ -187,12 +200,16 @@ at::Tensor luo_composite(const at::Tensor& fq, const at::Tensor& fk, const at::T
   return num / den;
 }
 
-std::optional<Runner> make_luo(const Shape& s, std::string&, int which) {
+std::optional<Runner> make_luo(const Shape& s, std::string& why, int which) {
   const int64_t m = static_cast<int64_t>(s.get("m", 64));
   if (which == 1 && 24.0 * s.B * s.H * s.N * m * (s.D + 1) * 4 > max_case_bytes()) {
+    why = "the whole [N, m (D+1)] spectra need more than --max-gib";
     return std::nullopt;
   }
-  if (which == 2 && 4.0 * s.B * s.H * s.N * s.N * 4 > max_case_bytes()) return std::nullopt;
+  if (which == 2 && s.N > 16384) {
+    why = "O(N^2) time: minutes per run at this length (ask for it with --n)";
+    return std::nullopt;
+  }
   Inputs in = attention_inputs(s, m);
   auto f = [which, c = s.causal](const Inputs& x) -> at::Tensor {
     if (which == 2) {
@@ -200,11 +217,14 @@ std::optional<Runner> make_luo(const Shape& s, std::string&, int which) {
       so.causal = c, so.rel_bias = x.coeffs;
       return softmax_attention(x.q, x.k, x.v, so);
     }
+    if (which == 0) {  // the library's operator: favor features, then chunked FFT products
+      KernelizedAttentionOptions o;
+      o.causal = c, o.projection = x.omega, o.rel_bias = x.coeffs, o.eps = 0.0;
+      const double scale = std::pow(double(x.q.size(3)), -0.25);
+      return kernelized_attention(x.q * scale, x.k * scale, x.v, "favor", o);
+    }
     auto [fq, fk] = favor(x);
-    if (which == 1) return luo_composite(fq, fk, x.v, x.coeffs, c);
-    KernelizedRpeOptions o;
-    o.causal = c;
-    return kernelized_rpe_attention(fq, fk, x.v, x.coeffs, o);
+    return luo_composite(fq, fk, x.v, x.coeffs, c);
   };
   return finish(in, f, {in.q, in.k, in.v, in.coeffs});
 }
@@ -224,7 +244,7 @@ RegisterSuite reg_luo(
     {"luo",
      "kernelized attention with RPE (favor, m=64): chunked FFT vs whole-tensor FFT composite vs exact softmax+rel_bias",
      luo_grid,
-     {{"longattn.kernelized_rpe(favor)", false, [](const Shape& s, std::string& w) { return make_luo(s, w, 0); }},
+     {{"longattn.kernelized_attention(favor, rel_bias)", false, [](const Shape& s, std::string& w) { return make_luo(s, w, 0); }},
       {"torch.whole_tensor_fft(favor)", true, [](const Shape& s, std::string& w) { return make_luo(s, w, 1); }},
       {"longattn.softmax_attention(rel_bias)", true,
        [](const Shape& s, std::string& w) { return make_luo(s, w, 2); }}}});

@@ -227,13 +227,65 @@ struct Kernels {
     }
   }
 
+  // x[f] *= z[f] (or conj(z[f])) for m elements; z one lane [m][2].
+  static void multiply(T* x, int64_t m, const T* z, bool conj) {
+    for (int64_t f = 0; f < m; ++f) {
+      const T zr = z[2 * f], zi = conj ? -z[2 * f + 1] : z[2 * f + 1];
+      T* pr = x + f * 2 * W;
+      V a = load(pr), b = load(pr + W);
+      store(pr, a * zr - b * zi), store(pr + W, a * zi + b * zr);
+    }
+  }
+
+  // dif4 when the upper half (c, d) is zero: neither read nor assumed written.
+  static void dif4_upper_zero(T* x, int64_t m, const T* tw) {
+    const int64_t q = m / 4, s = 2 * W;
+    for (int64_t k = 0; k < q; ++k) {
+      T* pa = x + k * s;
+      T* pb = pa + q * s;
+      T* pc = pb + q * s;
+      T* pd = pc + q * s;
+      V ar = load(pa), ai = load(pa + W), br = load(pb), bi = load(pb + W);
+      V y1r = ar + bi, y1i = ai - br;  // a - i b
+      V y2r = ar - br, y2i = ai - bi;
+      V y3r = ar - bi, y3i = ai + br;  // a + i b
+      store(pa, ar + br), store(pa + W, ai + bi);
+      const T* w = tw + 6 * k;
+      store(pb, y1r * w[0] - y1i * w[1]), store(pb + W, y1r * w[1] + y1i * w[0]);
+      store(pc, y2r * w[2] - y2i * w[3]), store(pc + W, y2r * w[3] + y2i * w[2]);
+      store(pd, y3r * w[4] - y3i * w[5]), store(pd + W, y3r * w[5] + y3i * w[4]);
+    }
+  }
+
+  // dit4 that produces only the first half of its outputs (l = 0, 1); the rest is left stale.
+  static void dit4_lower_half(T* x, int64_t m, const T* tw) {
+    const int64_t q = m / 4, s = 2 * W;
+    for (int64_t k = 0; k < q; ++k) {
+      T* pa = x + k * s;
+      T* pb = pa + q * s;
+      T* pc = pb + q * s;
+      T* pd = pc + q * s;
+      const T* w = tw + 6 * k;
+      V u0r = load(pa), u0i = load(pa + W);
+      V b0 = load(pb), b1 = load(pb + W), c0 = load(pc), c1 = load(pc + W), d0 = load(pd), d1 = load(pd + W);
+      V u1r = b0 * w[0] + b1 * w[1], u1i = b1 * w[0] - b0 * w[1];
+      V u2r = c0 * w[2] + c1 * w[3], u2i = c1 * w[2] - c0 * w[3];
+      V u3r = d0 * w[4] + d1 * w[5], u3i = d1 * w[4] - d0 * w[5];
+      V s0r = u0r + u2r, s0i = u0i + u2i, s1r = u0r - u2r, s1i = u0i - u2i;
+      V s2r = u1r + u3r, s2i = u1i + u3i, s3r = u3i - u1i, s3i = u1r - u3r;
+      store(pa, s0r + s2r), store(pa + W, s0i + s2i);
+      store(pb, s1r + s3r), store(pb + W, s1i + s3i);
+    }
+  }
+
   static void radix2(T* x) {
     V ar = load(x), ai = load(x + W), br = load(x + 2 * W), bi = load(x + 3 * W);
     store(x, ar + br), store(x + W, ai + bi), store(x + 2 * W, ar - br), store(x + 3 * W, ai - bi);
   }
 
-  // Below this size a sub-transform is done stage by stage (it sits in L1/L2 by then).
-  static constexpr int64_t kBreadthFirst = 1024;
+  // Below this size a sub-transform is done stage by stage (256 elements of 2W values: 32 KiB
+  // for float, in L1; measured 12% faster than 1024 at n = 8192 and 131072).
+  static constexpr int64_t kBreadthFirst = 256;
 
   static void forward_rec(const Plan<T>& p, T* x, int64_t m) {
     if (m <= kBreadthFirst) {
@@ -250,8 +302,11 @@ struct Kernels {
     for (int j = 0; j < 4; ++j) forward_rec(p, x + j * (m / 4) * 2 * W, m / 4);
   }
 
-  static void inverse_rec(const Plan<T>& p, T* x, int64_t m) {
+  // z (optional): a one-lane spectrum aligned with x, multiplied in at the leaves, where the
+  // block is about to be transformed anyway (saves a pass over memory).
+  static void inverse_rec(const Plan<T>& p, T* x, int64_t m, const T* z = nullptr, bool conj = false) {
     if (m <= kBreadthFirst) {
+      if (z) multiply(x, m, z, conj);
       // Stage sizes of the forward, smallest first.
       int64_t sizes[40];
       int ns = 0;
@@ -265,7 +320,8 @@ struct Kernels {
       }
       return;
     }
-    for (int j = 0; j < 4; ++j) inverse_rec(p, x + j * (m / 4) * 2 * W, m / 4);
+    for (int j = 0; j < 4; ++j)
+      inverse_rec(p, x + j * (m / 4) * 2 * W, m / 4, z ? z + j * (m / 4) * 2 : nullptr, conj);
     dit4(x, m, p.twiddles.data() + p.offset[__builtin_ctzll(m)]);
   }
 };
@@ -281,15 +337,46 @@ void forward(const Plan<T>& p, T* data) {
 }
 template <class T, int W>
 void inverse(const Plan<T>& p, T* data) {
-  if (p.n % 3 != 0) return Kernels<T, W>::inverse_rec(p, data, p.n);
-  const int64_t q = p.n / 3;
-  for (int j = 0; j < 3; ++j) Kernels<T, W>::inverse_rec(p, data + j * q * 2 * W, q);
-  Kernels<T, W>::dit3(data, p.n, p.twiddles3.data());
+  inverse_product<T, W>(p, data, nullptr, false, p.n);
 }
 
-#define LONGATTN_FFT_INSTANTIATE(T, W)                  \
-  template void forward<T, W>(const Plan<T>&, T*); \
-  template void inverse<T, W>(const Plan<T>&, T*);
+template <class T, int W>
+void forward_padded(const Plan<T>& p, T* data, int64_t valid) {
+  using K = Kernels<T, W>;
+  const int64_t n = p.n;
+  if (n % 3 != 0 && n > K::kBreadthFirst && 2 * valid <= n) {
+    std::memset(static_cast<void*>(data + valid * 2 * W), 0, (n / 2 - valid) * 2 * W * sizeof(T));
+    K::dif4_upper_zero(data, n, p.twiddles.data() + p.offset[__builtin_ctzll(n)]);
+    for (int j = 0; j < 4; ++j) K::forward_rec(p, data + j * (n / 4) * 2 * W, n / 4);
+    return;
+  }
+  std::memset(static_cast<void*>(data + valid * 2 * W), 0, (n - valid) * 2 * W * sizeof(T));
+  forward<T, W>(p, data);
+}
+
+template <class T, int W>
+void inverse_product(const Plan<T>& p, T* data, const T* z, bool conjugate, int64_t keep) {
+  using K = Kernels<T, W>;
+  const int64_t n = p.n;
+  if (n % 3 == 0) {
+    const int64_t q = n / 3;
+    for (int j = 0; j < 3; ++j)
+      K::inverse_rec(p, data + j * q * 2 * W, q, z ? z + j * q * 2 : nullptr, conjugate);
+    K::dit3(data, n, p.twiddles3.data());
+    return;
+  }
+  if (n <= K::kBreadthFirst || 2 * keep > n) return K::inverse_rec(p, data, n, z, conjugate);
+  const int64_t q = n / 4;
+  for (int j = 0; j < 4; ++j)
+    K::inverse_rec(p, data + j * q * 2 * W, q, z ? z + j * q * 2 : nullptr, conjugate);
+  K::dit4_lower_half(data, n, p.twiddles.data() + p.offset[__builtin_ctzll(n)]);
+}
+
+#define LONGATTN_FFT_INSTANTIATE(T, W)                                    \
+  template void forward<T, W>(const Plan<T>&, T*);                   \
+  template void inverse<T, W>(const Plan<T>&, T*);                   \
+  template void forward_padded<T, W>(const Plan<T>&, T*, int64_t); \
+  template void inverse_product<T, W>(const Plan<T>&, T*, const T*, bool, int64_t);
 LONGATTN_FFT_INSTANTIATE(float, 1)
 LONGATTN_FFT_INSTANTIATE(float, 16)
 LONGATTN_FFT_INSTANTIATE(double, 1)

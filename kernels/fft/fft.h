@@ -57,6 +57,17 @@ void forward(const Plan<T>& p, T* data);
 template <class T, int W>
 void inverse(const Plan<T>& p, T* data);
 
+// Convolution helpers (same layout and order):
+//   forward_padded: forward of a signal whose elements [valid, n) are zero; the caller need not
+//     write them (when valid <= n/2 the first step skips them, otherwise they are zeroed here);
+//   inverse_product: data[f] *= z[f] (conj(z[f]) when `conjugate`; z a one-lane spectrum
+//     [n][2], nullptr = none), then the inverse; only outputs [0, keep) are guaranteed (with
+//     keep <= n/2 the last step computes only those), the rest is scratch.
+template <class T, int W>
+void forward_padded(const Plan<T>& p, T* data, int64_t valid);
+template <class T, int W>
+void inverse_product(const Plan<T>& p, T* data, const T* z, bool conjugate, int64_t keep);
+
 // 64-byte aligned, uninitialised storage for scratch buffers.
 template <class T>
 class AlignedBuffer {

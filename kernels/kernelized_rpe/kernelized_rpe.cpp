@@ -42,7 +42,7 @@ bool key_on(const KernelizedRpeParams<T>& p, int64_t b, int64_t j) {
   return p.key_padding_mask == nullptr || p.key_padding_mask[b * p.mask_stride_b + j] != 0;
 }
 
-// buf[j][l] = feat_j[m0 + l] * scale_j for j < N, l < nl; zero elsewhere (rows up to L).
+// buf[j][l] = feat_j[m0 + l] * scale_j for j < N, l < nl; zero for l >= nl.
 template <class T, int W, class Scale>
 void load_scaled(BHND<const T> feat, int64_t b, int64_t h, const Chunk& c, int64_t L, T* buf,
                  Scale scale) {
@@ -58,7 +58,7 @@ void load_scaled(BHND<const T> feat, int64_t b, int64_t h, const Chunk& c, int64
       for (int l = 0; l < 2 * W; ++l) dst[l] = l < c.nl ? f[l] * s : T(0);
     }
   }
-  std::fill(buf + N * 2 * W, buf + L * 2 * W, T(0));
+  (void)L;  // rows [N, L) are left to fft::forward_padded
 }
 
 // The per-head kernel spectra (1/L folded in), [H][2L].
@@ -66,10 +66,7 @@ template <class T>
 std::vector<T> weight_spectra(const KernelizedRpeParams<T>& p, const fft::Plan<T>& plan) {
   const int64_t H = p.phi_q.H, L = plan.n;
   std::vector<T> z(H * 2 * L);
-  parallel_for(H, p.threads, [&](int64_t h) {
-    kernel_spectrum(plan, p.weights + h * p.weights_stride_h, p.phi_q.N, p.causal, T(1) / T(L),
-                    z.data() + h * 2 * L);
-  });
+  kernel_spectra(plan, p.weights, p.weights_stride_h, H, p.phi_q.N, p.causal, T(1) / T(L), z.data());
   return z;
 }
 
@@ -100,9 +97,8 @@ void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, T* den
         if (!key_on(p, b, j)) return T(0);
         return c.d < Dv ? p.v.row(b, h, j)[c.d] : T(1);
       });
-      fft::forward<T, W>(*plan, buf.data());
-      multiply_spectrum<T, W>(buf.data(), z.data() + h * 2 * L, L, false);
-      fft::inverse<T, W>(*plan, buf.data());
+      fft::forward_padded<T, W>(*plan, buf.data(), N);
+      fft::inverse_product<T, W>(*plan, buf.data(), z.data() + h * 2 * L, false, N);
       for (int64_t i = 0; i < N; ++i) {
         const T* a = p.phi_q.row(b, h, i) + c.m0;
         const T* u = buf.data() + i * 2 * W;
@@ -190,13 +186,11 @@ void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRp
       };
       load_scaled<T, W>(p.phi_k, b, h, c, L, ab, vt);
       load_scaled<T, W>(p.phi_q, b, h, c, L, eb, [&](int64_t i) { return gh[i * (Dv + 1) + c.d]; });
-      fft::forward<T, W>(*plan, ab);
-      fft::forward<T, W>(*plan, eb);
+      fft::forward_padded<T, W>(*plan, ab, N);
+      fft::forward_padded<T, W>(*plan, eb, N);
       if (want_w) accumulate_cross<T, W>(eb, ab, L, cross.data() + bh * 2 * L);
-      multiply_spectrum<T, W>(ab, z.data() + h * 2 * L, L, false);  // U
-      multiply_spectrum<T, W>(eb, z.data() + h * 2 * L, L, true);   // F
-      fft::inverse<T, W>(*plan, ab);
-      fft::inverse<T, W>(*plan, eb);
+      fft::inverse_product<T, W>(*plan, ab, z.data() + h * 2 * L, false, N);  // U = T A
+      fft::inverse_product<T, W>(*plan, eb, z.data() + h * 2 * L, true, N);   // F = T^T E
       for (int64_t i = 0; i < N; ++i) {
         const T ghd = gh[i * (Dv + 1) + c.d];
         const T* u = ab + i * 2 * W;
@@ -230,10 +224,8 @@ void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRp
         const T* src = cross.data() + (b * H + h) * 2 * L;
         for (int64_t f = 0; f < 2 * L; ++f) s[f] += src[f];
       }
-    T* gw = g.grad_weights + o * R;
-    std::fill(gw, gw + R, T(0));
-    coeff_grad_from_cross(*plan, s, N, p.causal, gw);
   });
+  coeff_grads_from_cross(*plan, sum.data(), outs, N, p.causal, g.grad_weights);
 }
 
 #define LONGATTN_KRPE_INSTANTIATE(T)                                                     \

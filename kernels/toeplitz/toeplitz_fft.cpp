@@ -12,12 +12,9 @@ namespace {
 // Kernel spectra of every head, 1/L folded in: [H][2L].
 template <class T>
 std::vector<T> head_spectra(const ToeplitzParams<T>& p, const fft::Plan<T>& plan, int64_t H) {
-  const int64_t L = plan.n, N = p.x.N;
+  const int64_t L = plan.n;
   std::vector<T> z(H * 2 * L);
-  parallel_for(H, p.threads, [&](int64_t h) {
-    kernel_spectrum(plan, p.coeffs + h * p.coeffs_stride_h, N, p.causal, T(1) / T(L),
-                    z.data() + h * 2 * L);
-  });
+  kernel_spectra(plan, p.coeffs, p.coeffs_stride_h, H, p.x.N, p.causal, T(1) / T(L), z.data());
   return z;
 }
 
@@ -38,9 +35,8 @@ void fft_forward(const ToeplitzParams<T>& p, BHND<T> y) {
     auto& buf = scratch[thread_index()];
     buf.resize(L * 2 * W);
     load_chunk<T, W>(p.x.row(b, h, 0), p.x.sn, N, C, c0, L, buf.data());
-    fft::forward<T, W>(*plan, buf.data());
-    multiply_spectrum<T, W>(buf.data(), z.data() + h * 2 * L, L, false);
-    fft::inverse<T, W>(*plan, buf.data());
+    fft::forward_padded<T, W>(*plan, buf.data(), N);
+    fft::inverse_product<T, W>(*plan, buf.data(), z.data() + h * 2 * L, false, N);
     store_chunk<T, W>(buf.data(), N, C, c0, y.row(b, h, 0), y.sn);
   });
 }
@@ -65,17 +61,16 @@ void fft_backward(const ToeplitzParams<T>& p, const ToeplitzGrads<T>& g) {
     auto& gb = gbufs[thread_index()];
     gb.resize(L * 2 * W);
     load_chunk<T, W>(g.grad_y.row(b, h, 0), g.grad_y.sn, N, C, c0, L, gb.data());
-    fft::forward<T, W>(*plan, gb.data());
+    fft::forward_padded<T, W>(*plan, gb.data(), N);
     if (want_c) {
       auto& xb = xbufs[thread_index()];
       xb.resize(L * 2 * W);
       load_chunk<T, W>(p.x.row(b, h, 0), p.x.sn, N, C, c0, L, xb.data());
-      fft::forward<T, W>(*plan, xb.data());
+      fft::forward_padded<T, W>(*plan, xb.data(), N);
       accumulate_cross<T, W>(gb.data(), xb.data(), L, cross.data() + item * 2 * L);
     }
     if (want_x) {
-      multiply_spectrum<T, W>(gb.data(), z.data() + h * 2 * L, L, true);
-      fft::inverse<T, W>(*plan, gb.data());
+      fft::inverse_product<T, W>(*plan, gb.data(), z.data() + h * 2 * L, true, N);
       store_chunk<T, W>(gb.data(), N, C, c0, g.grad_x.row(b, h, 0), g.grad_x.sn);
     }
   });
@@ -93,10 +88,8 @@ void fft_backward(const ToeplitzParams<T>& p, const ToeplitzGrads<T>& g) {
           for (int64_t f = 0; f < 2 * L; ++f) s[f] += src[f];
         }
       }
-    T* out = g.grad_coeffs + o * (2 * N - 1);
-    std::fill(out, out + 2 * N - 1, T(0));
-    coeff_grad_from_cross(*plan, s, N, p.causal, out);
   });
+  coeff_grads_from_cross(*plan, sum.data(), outs, N, p.causal, g.grad_coeffs);
 }
 
 template void fft_forward<float>(const ToeplitzParams<float>&, BHND<float>);

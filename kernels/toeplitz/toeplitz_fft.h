@@ -14,21 +14,39 @@
 
 namespace longattn::kernels::toeplitz_detail {
 
-// Spectrum (permuted order, one lane: [L][2]) of the kernel for coefficients c [2N - 1],
-// multiplied by `scale`. Causal drops the offsets r > 0 (t < 0).
+// Spectra (permuted order, one lane each: [count][L][2]) of the kernels of `count` coefficient
+// vectors c + h * stride (each [2N - 1]), multiplied by `scale`. Causal drops the offsets r > 0
+// (t < 0). W kernels share one vector transform (one per lane, real part), so this costs one
+// transform per W heads rather than a scalar transform per head.
 template <class T>
-void kernel_spectrum(const fft::Plan<T>& plan, const T* c, int64_t N, bool causal, T scale,
-                     T* out) {
+void kernel_spectra(const fft::Plan<T>& plan, const T* c, int64_t stride, int64_t count, int64_t N,
+                    bool causal, T scale, T* out) {
+  constexpr int W = fft::kLanes<T>;
   const int64_t L = plan.n;
-  std::fill(out, out + 2 * L, T(0));
-  for (int64_t t = 0; t < N; ++t) out[2 * t] = c[N - 1 - t] * scale;
-  if (!causal)
-    for (int64_t t = 1; t < N; ++t) out[2 * (L - t)] = c[N - 1 + t] * scale;
-  fft::forward<T, 1>(plan, out);
+  fft::AlignedBuffer<T> buf(L * 2 * W);
+  for (int64_t h0 = 0; h0 < count; h0 += W) {
+    const int nl = static_cast<int>(std::min<int64_t>(W, count - h0));
+    T* b = buf.data();
+    std::fill(b, b + L * 2 * W, T(0));
+    for (int l = 0; l < nl; ++l) {
+      const T* ch = c + (h0 + l) * stride;
+      for (int64_t t = 0; t < N; ++t) b[t * 2 * W + l] = ch[N - 1 - t] * scale;
+      if (!causal)
+        for (int64_t t = 1; t < N; ++t) b[(L - t) * 2 * W + l] = ch[N - 1 + t] * scale;
+    }
+    fft::forward<T, W>(plan, b);
+    for (int l = 0; l < nl; ++l) {
+      T* o = out + (h0 + l) * 2 * L;
+      for (int64_t f = 0; f < L; ++f) {
+        o[2 * f] = b[f * 2 * W + l];
+        o[2 * f + 1] = b[f * 2 * W + W + l];
+      }
+    }
+  }
 }
 
 // Copies channels [c0, c0 + 2W) of rows [0, N) of x (row stride sn, C channels) into buf,
-// zero elsewhere (missing channels and rows [N, L)).
+// zero for missing channels. Rows [N, L) are left to fft::forward_padded.
 template <class T, int W>
 void load_chunk(const T* x, int64_t sn, int64_t N, int64_t C, int64_t c0, int64_t L, T* buf) {
   const int64_t nc = std::min<int64_t>(2 * W, C - c0);
@@ -41,7 +59,7 @@ void load_chunk(const T* x, int64_t sn, int64_t N, int64_t C, int64_t c0, int64_
       for (int l = 0; l < 2 * W; ++l) dst[l] = l < nc ? src[l] : T(0);
     }
   }
-  std::memset(static_cast<void*>(buf + N * 2 * W), 0, (L - N) * 2 * W * sizeof(T));
+  (void)L;
 }
 
 // The inverse of load_chunk on rows [0, N): y[j, c0 + l] = buf[j][l] for the channels present.
@@ -49,22 +67,6 @@ template <class T, int W>
 void store_chunk(const T* buf, int64_t N, int64_t C, int64_t c0, T* y, int64_t sn) {
   const int64_t nc = std::min<int64_t>(2 * W, C - c0);
   for (int64_t j = 0; j < N; ++j) std::memcpy(y + j * sn + c0, buf + j * 2 * W, nc * sizeof(T));
-}
-
-// buf[f] *= z[f] (conj(z[f]) when `conjugate`), z a one-lane spectrum [L][2].
-template <class T, int W>
-void multiply_spectrum(T* buf, const T* z, int64_t L, bool conjugate) {
-  for (int64_t f = 0; f < L; ++f) {
-    const T zr = z[2 * f], zi = conjugate ? -z[2 * f + 1] : z[2 * f + 1];
-    T* re = buf + f * 2 * W;
-    T* im = re + W;
-#pragma omp simd
-    for (int l = 0; l < W; ++l) {
-      const T a = re[l], b = im[l];
-      re[l] = a * zr - b * zi;
-      im[l] = a * zi + b * zr;
-    }
-  }
 }
 
 // acc[f] += sum over lanes of g[f] * conj(x[f]), acc a one-lane spectrum [L][2]. Because two
@@ -86,17 +88,37 @@ void accumulate_cross(const T* g, const T* x, int64_t L, T* acc) {
   }
 }
 
-// From a summed cross spectrum (one lane, permuted, destroyed): grad_c[N - 1 - t] +=
-// Re(IFFT)[t mod L] / L, the derivative with respect to the kernel value k[t].
+// From `count` summed cross spectra ([count][L][2], permuted): grad_c[h][N - 1 - t] =
+// Re(IFFT(cross_h))[t mod L] / L, the derivative with respect to the kernel value k[t];
+// grad_c is [count][2N - 1], overwritten (causal: offsets r > 0 get 0). W spectra share one
+// vector transform.
 template <class T>
-void coeff_grad_from_cross(const fft::Plan<T>& plan, T* cross, int64_t N, bool causal,
-                           T* grad_c) {
-  const int64_t L = plan.n;
-  fft::inverse<T, 1>(plan, cross);
+void coeff_grads_from_cross(const fft::Plan<T>& plan, const T* cross, int64_t count, int64_t N,
+                            bool causal, T* grad_c) {
+  constexpr int W = fft::kLanes<T>;
+  const int64_t L = plan.n, R = 2 * N - 1;
   const T inv = T(1) / T(L);
-  for (int64_t t = 0; t < N; ++t) grad_c[N - 1 - t] += cross[2 * t] * inv;
-  if (!causal)
-    for (int64_t t = 1; t < N; ++t) grad_c[N - 1 + t] += cross[2 * (L - t)] * inv;
+  fft::AlignedBuffer<T> buf(L * 2 * W);
+  for (int64_t h0 = 0; h0 < count; h0 += W) {
+    const int nl = static_cast<int>(std::min<int64_t>(W, count - h0));
+    T* b = buf.data();
+    std::fill(b, b + L * 2 * W, T(0));
+    for (int l = 0; l < nl; ++l) {
+      const T* x = cross + (h0 + l) * 2 * L;
+      for (int64_t f = 0; f < L; ++f) {
+        b[f * 2 * W + l] = x[2 * f];
+        b[f * 2 * W + W + l] = x[2 * f + 1];
+      }
+    }
+    fft::inverse<T, W>(plan, b);
+    for (int l = 0; l < nl; ++l) {
+      T* g = grad_c + (h0 + l) * R;
+      std::fill(g, g + R, T(0));
+      for (int64_t t = 0; t < N; ++t) g[N - 1 - t] = b[t * 2 * W + l] * inv;
+      if (!causal)
+        for (int64_t t = 1; t < N; ++t) g[N - 1 + t] = b[(L - t) * 2 * W + l] * inv;
+    }
+  }
 }
 
 }  // namespace longattn::kernels::toeplitz_detail

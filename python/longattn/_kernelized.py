@@ -4,7 +4,7 @@ __all__ = ["kernelized_attention", "random_features"]
 
 
 def kernelized_attention(q, k, v, *, feature_map, causal=False, key_padding_mask=None,
-                         projection=None, eps=1e-6):
+                         projection=None, eps=1e-6, rel_bias=None):
     """Kernelized (linear) attention, O(N) time and memory, forward and backward.
 
     out_i = phi(q_i)^T S_i / (phi(q_i)^T s_i + eps), S_i = sum_j phi(k_j) v_j^T and
@@ -20,10 +20,15 @@ def kernelized_attention(q, k, v, *, feature_map, causal=False, key_padding_mask
     is added to the stabilised denominator. key_padding_mask: [B, Nk] bool, True = the key
     takes part; masked keys count in neither sum. A query with no key outputs zeros.
     The projection is a constant (no gradient).
+
+    rel_bias: [H, 2N-1] (Nq == Nk == N), Luo et al.'s relative positional encoding: key j is
+    weighted by e^{rel_bias[j - i + N - 1]} for query i, in both sums. Computed by FFT Toeplitz
+    products over the m*(Dv+1) feature channels in chunks, O(N log N m Dv) time and O(N (m+Dv))
+    memory (kernelized_rpe_attention on the mapped features). Differentiable in rel_bias too.
     """
     return torch.ops.longattn.kernelized_attention(
         q, k, v, feature_map=feature_map, causal=causal, key_padding_mask=key_padding_mask,
-        projection=projection, eps=eps)
+        projection=projection, eps=eps, rel_bias=rel_bias)
 
 
 def random_features(m, d, *, seed, orthogonal=True, scaling="chi", heads=None, dtype=None):

@@ -108,3 +108,37 @@ TEST(Fft, LargeRoundTripAndImpulse) {
       }
   }
 }
+
+// The convolution helpers against the plain transforms: forward_padded on a half-filled signal
+// (garbage beyond `valid` must be ignored), inverse_product against an explicit product and
+// inverse, on the outputs that are kept. Power-of-two sizes above and below the depth-first
+// threshold, and 3 * 2^k. Double; identical arithmetic up to rounding (1e-9 relative to n).
+TEST(Fft, PaddedForwardAndInverseProduct) {
+  constexpr int W = 8;
+  for (int64_t n : {16, 64, 2048, 8192, 6144}) {
+    auto plan = fft::plan<double>(n);
+    const int64_t valid = n / 2 - 3, keep = n / 2;
+    auto src = testing_ref::random_vector<double>(n * 2 * W, 40 + n);
+    std::vector<double> a(src), b(src);
+    std::fill(a.begin() + valid * 2 * W, a.end(), 0.0);
+    for (int64_t i = valid * 2 * W; i < n * 2 * W; ++i) b[i] = 1e30;  // must not be read
+    fft::forward<double, W>(*plan, a.data());
+    fft::forward_padded<double, W>(*plan, b.data(), valid);
+    for (int64_t i = 0; i < n * 2 * W; ++i) ASSERT_NEAR(a[i], b[i], 1e-9 * n) << n << " " << i;
+    auto z = testing_ref::random_vector<double>(2 * n, 50 + n);
+    for (bool conj : {false, true}) {
+      std::vector<double> c(a), d(a);
+      for (int64_t f = 0; f < n; ++f) {
+        const double zr = z[2 * f], zi = conj ? -z[2 * f + 1] : z[2 * f + 1];
+        for (int l = 0; l < W; ++l) {
+          const double re = c[f * 2 * W + l], im = c[f * 2 * W + W + l];
+          c[f * 2 * W + l] = re * zr - im * zi;
+          c[f * 2 * W + W + l] = re * zi + im * zr;
+        }
+      }
+      fft::inverse<double, W>(*plan, c.data());
+      fft::inverse_product<double, W>(*plan, d.data(), z.data(), conj, keep);
+      for (int64_t i = 0; i < keep * 2 * W; ++i) ASSERT_NEAR(c[i], d[i], 1e-9 * n) << n << " " << i;
+    }
+  }
+}

@@ -15,6 +15,10 @@ struct KernelizedAttentionOptions {
   // constant (no gradient).
   c10::optional<at::Tensor> projection;
   double eps = 1e-6;  // >= 0; with 0, a zero denominator gives a zero output
+  // [H, 2N-1] (Nq == Nk == N): Luo et al.'s relative positional encoding, key j weighted by
+  // e^{rel_bias[j - i + N - 1]} for query i; computed by FFT Toeplitz products on the features
+  // (O(N log N m Dv)). Differentiable.
+  c10::optional<at::Tensor> rel_bias;
 };
 
 // q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv] -> [B, H, Nq, Dv]; float32 or float64.
