@@ -110,47 +110,6 @@ std::shared_ptr<AttentionCoreImpl> make_attention_core(const AttentionSpec& spec
   throw std::invalid_argument("unknown attention '" + spec.name + "'; known: " + attention_names());
 }
 
-// ---------------------------------------------------------------- FastRPB
-
-FastRPBImpl::FastRPBImpl(int64_t heads, int64_t max_len, bool two_d, int64_t height, int64_t width)
-    : max_len_(max_len), two_d_(two_d), height_(height), width_(width) {
-  if (two_d && (height <= 0 || width <= 0 || std::max(height, width) > max_len))
-    throw std::invalid_argument("fastrpb 2d needs the grid's height and width (the task must be an image)");
-  // Near zero with a tiny trend, as the authors initialise it, so training starts from plain attention.
-  auto r = torch::arange(-(max_len - 1), max_len, torch::kFloat).abs();
-  weights = register_parameter("weights", r.unsqueeze(0) * 1e-5 * torch::rand({heads, 2 * max_len - 1}) +
-                                              1e-6 * torch::randn({heads, 2 * max_len - 1}));
-}
-
-// out[.., i, :] = sum_j w[h, (j - i) + M - 1] v[.., j, :] for i, j < n, as a circular convolution of
-// length 2n: u[m] = w[-m] (m = i - j) placed at m mod 2n, so no wrap-around reaches a kept output.
-torch::Tensor FastRPBImpl::toeplitz_1d(const torch::Tensor& v, int64_t n) {
-  const int64_t M = max_len_, L = 2 * n;
-  auto w = weights.to(v.dtype());
-  auto u = torch::cat({w.slice(1, M - n, M).flip({1}), torch::zeros({w.size(0), 1}, w.options()),
-                       w.slice(1, M, M + n - 1).flip({1})},
-                      1);  // [H, 2n]
-  auto U = torch::fft::rfft(u, L, -1).unsqueeze(0).unsqueeze(-1);  // [1, H, n+1, 1]
-  auto V = torch::fft::rfft(v, L, 2);                               // [B, H, n+1, D]
-  return torch::fft::irfft(U * V, L, 2).slice(2, 0, n);
-}
-
-torch::Tensor FastRPBImpl::forward(const torch::Tensor& v_in, const torch::Tensor& key_mask) {
-  const int64_t n = v_in.size(2);
-  TORCH_CHECK(n <= max_len_, "fastrpb: sequence of ", n, " tokens, but the bias covers ", max_len_);
-  auto v = v_in * key_mask.unsqueeze(1).unsqueeze(-1).to(v_in.dtype());  // padded keys add nothing
-  if (!two_d_) return toeplitz_1d(v, n);
-  const int64_t hw = height_ * width_, lead = n - hw;
-  TORCH_CHECK(lead >= 0, "fastrpb 2d: sequence of ", n, " tokens is shorter than the ", height_, "x", width_, " grid");
-  auto grid = v.slice(2, lead, n).reshape({v.size(0), v.size(1), height_, width_, v.size(3)});
-  // (B v)[a, b] = sum_b' w[b' - b] colsum[b'] + sum_a' w[a' - a] rowsum[a']
-  auto along_w = toeplitz_1d(grid.sum(2), width_);   // [B, H, W, D]
-  auto along_h = toeplitz_1d(grid.sum(3), height_);  // [B, H, Hh, D]
-  auto out = (along_w.unsqueeze(2) + along_h.unsqueeze(3)).reshape({v.size(0), v.size(1), hw, v.size(3)});
-  if (lead == 0) return out;
-  return torch::cat({torch::zeros({v.size(0), v.size(1), lead, v.size(3)}, v.options()), out}, 2);
-}
-
 // ---------------------------------------------------------------- multi-head layer
 
 MultiHeadAttentionImpl::MultiHeadAttentionImpl(const AttentionSpec& spec) : spec_(spec) {

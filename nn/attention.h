@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "nn/fast_rpb.h"
+
 namespace longattn::nn {
 
 struct AttentionSpec {
@@ -45,23 +47,7 @@ std::string attention_names();  // "softmax, softmax-rpe, ..."
 // Throws std::invalid_argument for an unknown name, listing the known ones.
 std::shared_ptr<AttentionCoreImpl> make_attention_core(const AttentionSpec& spec);
 
-// FastRPB (Zubkov & Gavrilov 2022): adds B v to the attention output, B a learned Toeplitz matrix
-// per head, B_ij = w[h, (j - i) + max_len - 1] (1-D), or for a height x width grid the separable
-// B[(a,b),(a',b')] = w[h, a' - a + M] + w[h, b' - b + M] (2-D; positions before the grid, e.g. CLS,
-// get no bias). Computed by FFT: O(N log N) per channel, no N x N matrix.
-class FastRPBImpl : public torch::nn::Module {
- public:
-  FastRPBImpl(int64_t heads, int64_t max_len, bool two_d, int64_t height, int64_t width);
-  torch::Tensor forward(const torch::Tensor& v, const torch::Tensor& key_mask);  // v [B, H, N, Dh]
-  torch::Tensor weights;  // [H, 2M - 1]
-
- private:
-  torch::Tensor toeplitz_1d(const torch::Tensor& v, int64_t n);  // along dim 2 of v, the first n offsets
-  int64_t max_len_;
-  bool two_d_;
-  int64_t height_, width_;
-};
-TORCH_MODULE(FastRPB);
+// FastRPB (the B v add-on): nn/fast_rpb.h.
 
 // Multi-head attention: fused q/k/v projection, the named core, the optional FastRPB, output projection.
 class MultiHeadAttentionImpl : public torch::nn::Module {

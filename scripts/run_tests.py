@@ -28,7 +28,9 @@ def count_junit(path):
 def run_ctest(build, results, label):
     out = os.path.abspath(os.path.join(results, label))
     os.makedirs(out, exist_ok=True)
-    env = dict(os.environ, GTEST_OUTPUT=f"xml:{out}/")
+    # Passive OpenMP waiting: on a shared or oversubscribed machine spinning threads slow the
+    # many short parallel regions of the tests several-fold; tests measure correctness, not speed.
+    env = dict(os.environ, GTEST_OUTPUT=f"xml:{out}/", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
     print(f"== C++ tests ({label}): ctest --test-dir {build}", flush=True)
     rc = subprocess.call(["ctest", "--test-dir", build, "--output-on-failure"], env=env)
     return rc, glob.glob(os.path.join(out, "*.xml"))
@@ -58,7 +60,8 @@ def main():
 
     print("== Python tests: pytest tests/python", flush=True)
     junit = os.path.join(results, "pytest.xml")
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"),
+               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
     rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/python", f"--junitxml={junit}"], env=env)
     if rc not in (0, 5):  # 5: no tests collected (counted below as zero)
         failures.append("pytest")

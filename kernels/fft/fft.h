@@ -1,0 +1,83 @@
+// Our own FFT for convolutions over many channels at once (FFTW is GPL; torch's FFT is not
+// reachable from the kernels).
+//
+// Design for the Toeplitz / relative-position kernels: the data are [N, C] per (batch, head)
+// with the channels contiguous, so the transform runs along N and every butterfly is one
+// vector operation over W channels ("lanes"). No transposes.
+//
+// Layout of a batch of W complex signals of length n: element k occupies 2W consecutive
+// values, first the W real parts, then the W imaginary parts ("[n][2][W]"). Two real
+// channels ride in one complex lane (real and imaginary part); a convolution with a real
+// kernel keeps them apart, so no unpacking step is needed.
+//
+// Lengths are 2^k or 3 * 2^k (one radix-3 step, then radix-4 steps and a radix-2 leaf). The forward transform is a
+// depth-first decimation in frequency that leaves the spectrum in a fixed permuted order; the
+// inverse takes that order back to natural order. Pointwise products of spectra (all a
+// convolution needs) do not care about the order, so no bit-reversal pass is ever made.
+// Depth-first recursion keeps sub-transforms in cache once they fit.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+namespace longattn::kernels::fft {
+
+// Lanes per SIMD vector (64 bytes: one AVX-512 register, or two AVX2 ones).
+template <class T>
+constexpr int kLanes = static_cast<int>(64 / sizeof(T));
+
+// Smallest length of the form 2^k or 3 * 2^k that is >= n (n >= 1).
+int64_t fast_length(int64_t n);
+
+// Precomputed twiddles for one length; immutable once built, shared between threads.
+template <class T>
+struct Plan {
+  int64_t n = 0;
+  // Radix-4 stage of size m (a power of two >= 4): for k in [0, m/4) the six values
+  // re/im of w^k, w^2k, w^3k with w = exp(-2 pi i / m), starting at twiddles[offset[log2 m]].
+  std::vector<T> twiddles;
+  std::vector<int64_t> offset;
+  // Lengths 3 * 2^k start with one radix-3 step: re/im of w^k, w^2k (w = exp(-2 pi i / n)),
+  // k < n / 3, four values per k.
+  std::vector<T> twiddles3;
+  // order[p] = the frequency held at position p of the permuted spectrum.
+  std::vector<int64_t> order;
+};
+
+// The plan for length n (2^k or 3 * 2^k), built once and cached; thread-safe.
+template <class T>
+std::shared_ptr<const Plan<T>> plan(int64_t n);
+
+// In place, W lanes, layout [n][2][W]:
+//   forward: natural-order signal -> permuted spectrum, X[f] = sum_t x[t] exp(-2 pi i f t / n)
+//   inverse: permuted spectrum -> natural-order signal times n (unnormalised).
+template <class T, int W>
+void forward(const Plan<T>& p, T* data);
+template <class T, int W>
+void inverse(const Plan<T>& p, T* data);
+
+// 64-byte aligned, uninitialised storage for scratch buffers.
+template <class T>
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(int64_t count) { resize(count); }
+  void resize(int64_t count) {
+    if (count <= size_) return;
+    size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
+    ptr_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+    size_ = count;
+  }
+  T* data() const { return ptr_.get(); }
+  int64_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(T* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> ptr_;
+  int64_t size_ = 0;
+};
+
+}  // namespace longattn::kernels::fft

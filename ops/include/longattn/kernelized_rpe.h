@@ -1,0 +1,22 @@
+// Luo et al.'s kernelized attention with a relative positional encoding, at the feature level
+// (phi(q), phi(k) already mapped, nonnegative): z_i = sum_j e^{b[j-i+N-1]} phi_q_i.phi_k_j v_j /
+// sum_j e^{b[j-i+N-1]} phi_q_i.phi_k_j, by chunked FFT Toeplitz products, O(N log N m Dv) time,
+// O(N (m + Dv)) memory. The same operator as torch.ops.longattn.kernelized_rpe_attention.
+#pragma once
+#include <torch/types.h>
+
+namespace longattn {
+
+struct KernelizedRpeOptions {
+  bool causal = false;                         // key j takes part for query i only when j <= i
+  c10::optional<at::Tensor> key_padding_mask;  // [B, N] bool, true = the key takes part
+  double eps = 0.0;                            // added to nonempty denominators
+};
+
+// phi_q, phi_k [B, H, N, m], v [B, H, N, Dv], rel_bias [H, 2N-1] -> [B, H, N, Dv]. Rows with no
+// weighted key give zeros. Differentiable in all four tensors.
+at::Tensor kernelized_rpe_attention(const at::Tensor& phi_q, const at::Tensor& phi_k,
+                                    const at::Tensor& v, const at::Tensor& rel_bias,
+                                    const KernelizedRpeOptions& options = {});
+
+}  // namespace longattn

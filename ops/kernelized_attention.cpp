@@ -1,0 +1,302 @@
+// torch binding of kernelized (linear) attention and of Performer's random projections.
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/kernelized_attention/kernelized_attention.h"
+#include "kernels/kernelized_attention/random_features.h"
+#include "longattn/kernelized_attention.h"
+#include "ops/checks.h"
+#include "ops/views.h"
+
+namespace longattn::ops {
+namespace {
+
+constexpr const char* kOp = "kernelized_attention";
+constexpr const char* kKnownMaps = "'elu', 'relu', 'sikf', 'favor'";
+
+using OptTensor = c10::optional<at::Tensor>;
+
+kernels::FeatureMap parse_feature_map(const std::string& name) {
+  kernels::FeatureMap f;
+  if (!kernels::feature_map_from_name(name.c_str(), &f))
+    fail(kOp, "unknown feature_map '" + name + "'; known: " + kKnownMaps);
+  return f;
+}
+
+template <class T>
+kernels::KernelizedAttentionParams<T> make_params(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, const OptTensor& mask,
+                                                  const OptTensor& projection,
+                                                  const std::string& feature_map, bool causal,
+                                                  double eps) {
+  kernels::KernelizedAttentionParams<T> p;
+  p.q = bhnd<const T>(q);
+  p.k = bhnd<const T>(k);
+  p.v = bhnd<const T>(v);
+  if (mask && mask->defined()) {
+    p.key_padding_mask = reinterpret_cast<const uint8_t*>(mask->data_ptr<bool>());
+    p.mask_stride_b = mask->stride(0);
+  }
+  p.feature_map = parse_feature_map(feature_map);
+  if (projection && projection->defined()) {
+    p.projection = projection->data_ptr<T>();
+    p.num_features = projection->size(-2);
+    p.projection_stride_h = projection->dim() == 3 ? projection->stride(0) : 0;
+  }
+  p.causal = causal;
+  p.eps = eps;
+  p.threads = at::get_num_threads();
+  return p;
+}
+
+// No feature (D = 0 for elu/relu/sikf, m = 0 for favor) or no key: every weight is 0.
+bool nothing_to_do(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out,
+                   const OptTensor& projection, const std::string& feature_map) {
+  const int64_t m = feature_map == "favor" ? projection->size(-2) : q.size(3);
+  return out.numel() == 0 || k.size(2) == 0 || m == 0;
+}
+
+// Inputs arrive checked, last dims contiguous, mask and projection contiguous.
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const OptTensor& mask,
+                                               const OptTensor& projection,
+                                               c10::string_view feature_map, bool causal,
+                                               double eps) {
+  const std::string fm(feature_map);
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Dv = v.size(3);
+  at::Tensor out = at::empty({B, H, Nq, Dv}, v.options());
+  at::Tensor inv = at::empty({B, H, Nq}, q.options());
+  if (nothing_to_do(q, k, out, projection, fm)) {
+    out.zero_();
+    inv.zero_();
+    return {out, inv};
+  }
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "kernelized_attention_forward", [&] {
+    auto p = make_params<scalar_t>(q, k, v, mask, projection, fm, causal, eps);
+    kernels::kernelized_attention_forward<scalar_t>(p, bhnd<scalar_t>(out),
+                                                    inv.data_ptr<scalar_t>());
+  });
+  return {out, inv};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& inv_denom, const OptTensor& mask,
+    const OptTensor& projection, c10::string_view feature_map, bool causal, double eps) {
+  const std::string fm(feature_map);
+  at::Tensor gq = at::empty(q.sizes(), q.options());
+  at::Tensor gk = at::empty(k.sizes(), k.options());
+  at::Tensor gv = at::empty(v.sizes(), v.options());
+  if (nothing_to_do(q, k, out, projection, fm)) {
+    gq.zero_();
+    gk.zero_();
+    gv.zero_();
+    return {gq, gk, gv};
+  }
+  at::Tensor go = last_dim_contiguous(grad_out);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "kernelized_attention_backward", [&] {
+    auto p = make_params<scalar_t>(q, k, v, mask, projection, fm, causal, eps);
+    kernels::KernelizedAttentionGrads<scalar_t> g;
+    g.out = bhnd<const scalar_t>(out);
+    g.grad_out = bhnd<const scalar_t>(go);
+    g.grad_q = bhnd<scalar_t>(gq);
+    g.grad_k = bhnd<scalar_t>(gk);
+    g.grad_v = bhnd<scalar_t>(gv);
+    g.inv_denom = inv_denom.data_ptr<scalar_t>();
+    kernels::kernelized_attention_backward<scalar_t>(p, g);
+  });
+  return {gq, gk, gv};
+}
+
+class KernelizedAttentionFunction
+    : public torch::autograd::Function<KernelizedAttentionFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                            const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
+                            const OptTensor& projection, const std::string& feature_map,
+                            bool causal, double eps) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("longattn::_kernelized_attention_forward", "")
+                         .typed<decltype(forward_cpu)>();
+    auto [out, inv] = op.call(q, k, v, mask, projection, feature_map, causal, eps);
+    ctx->save_for_backward({q, k, v, out, inv, mask ? *mask : at::Tensor(),
+                            projection ? *projection : at::Tensor()});
+    ctx->saved_data["feature_map"] = feature_map;
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["eps"] = eps;
+    return out;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("longattn::_kernelized_attention_backward", "")
+                         .typed<decltype(backward_cpu)>();
+    auto s = ctx->get_saved_variables();
+    OptTensor mask = s[5].defined() ? OptTensor(s[5]) : c10::nullopt;
+    OptTensor projection = s[6].defined() ? OptTensor(s[6]) : c10::nullopt;
+    auto [gq, gk, gv] =
+        op.call(grads[0], s[0], s[1], s[2], s[3], s[4], mask, projection,
+                ctx->saved_data["feature_map"].toStringRef(), ctx->saved_data["causal"].toBool(),
+                ctx->saved_data["eps"].toDouble());
+    // The projection is a constant (Performer redraws it, it is not learned).
+    return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+void check_projection(const at::Tensor& q, const OptTensor& projection,
+                      const std::string& feature_map) {
+  const bool given = projection && projection->defined();
+  if (feature_map != "favor") {
+    if (given)
+      fail(kOp, "projection is used only by feature_map='favor', got feature_map='" +
+                    feature_map + "' with a projection of shape " + shape_str(projection->sizes()));
+    return;
+  }
+  const int64_t H = q.size(1), D = q.size(3);
+  if (!given)
+    fail(kOp, "feature_map='favor' needs projection [m, D] or [H, m, D] with D = " +
+                  std::to_string(D) + " (see longattn.random_features)");
+  const at::Tensor& w = *projection;
+  check_same_dtype_device(kOp, "q", q, "projection", w);
+  if (w.dim() == 2) {
+    check_shape(kOp, "projection", w, {-1, D}, "[m, D]");
+  } else if (w.dim() == 3) {
+    check_shape(kOp, "projection", w, {H, -1, D}, "[H, m, D]");
+  } else {
+    fail(kOp, "projection must have shape [m, D] or [H, m, D] with H = " + std::to_string(H) +
+                  ", D = " + std::to_string(D) + ", got " + shape_str(w.sizes()));
+  }
+}
+
+at::Tensor kernelized_attention_impl(const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v, c10::string_view feature_map_view,
+                                     bool causal, const OptTensor& key_padding_mask,
+                                     const OptTensor& projection, double eps) {
+  const std::string feature_map(feature_map_view);
+  parse_feature_map(feature_map);
+  check_rank(kOp, "q", q, 4, "[B, H, Nq, D]");
+  check_rank(kOp, "k", k, 4, "[B, H, Nk, D]");
+  check_rank(kOp, "v", v, 4, "[B, H, Nk, Dv]");
+  check_float_dtype(kOp, "q", q);
+  check_same_dtype_device(kOp, "q", q, "k", k);
+  check_same_dtype_device(kOp, "q", q, "v", v);
+  if (!q.device().is_cpu())
+    fail(kOp, "only CPU tensors are supported in this build, got " + q.device().str());
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
+  check_shape(kOp, "k", k, {B, H, -1, D}, "[B, H, Nk, D]");
+  check_shape(kOp, "v", v, {B, H, Nk, -1}, "[B, H, Nk, Dv]");
+  if (causal && Nq != Nk)
+    fail(kOp, "causal=True needs Nq == Nk, got Nq = " + std::to_string(Nq) + " and Nk = " +
+                  std::to_string(Nk));
+  if (!(eps >= 0) || !std::isfinite(eps))
+    fail(kOp, "eps must be finite and >= 0, got " + std::to_string(eps));
+  check_projection(q, projection, feature_map);
+  OptTensor mask, proj;
+  if (key_padding_mask && key_padding_mask->defined()) {
+    check_key_padding_mask(kOp, *key_padding_mask, B, Nk);
+    mask = key_padding_mask->contiguous();
+  }
+  if (projection && projection->defined()) proj = projection->detach().contiguous();
+  if (D == 0 && feature_map == "favor" && proj->size(-2) > 0 && q.numel() == 0 &&
+      B * H * Nq > 0) {
+    // No input feature: u = 0 and every key weighs the same. The kernels want D >= 1; one
+    // zero feature (still attached to q and k, for their empty gradients) is the same map.
+    const std::vector<int64_t> shape = proj->dim() == 3
+                                           ? std::vector<int64_t>{H, proj->size(1), 1}
+                                           : std::vector<int64_t>{proj->size(0), 1};
+    auto one = proj->new_zeros(shape);
+    return kernelized_attention_impl(q.sum(-1, true) * 0, k.sum(-1, true) * 0, v, feature_map,
+                                     causal, key_padding_mask, one, eps);
+  }
+  return KernelizedAttentionFunction::apply(last_dim_contiguous(q), last_dim_contiguous(k),
+                                            last_dim_contiguous(v), mask, proj, feature_map,
+                                            causal, eps);
+}
+
+at::Tensor random_features_impl(int64_t m, int64_t d, int64_t seed, bool orthogonal,
+                                c10::string_view scaling_view, c10::optional<int64_t> heads,
+                                c10::optional<at::ScalarType> dtype) {
+  const char* op = "random_features";
+  const std::string scaling(scaling_view);
+  if (m < 0 || d < 1)
+    fail(op, "needs m >= 0 and d >= 1, got m = " + std::to_string(m) + ", d = " +
+                 std::to_string(d));
+  if (heads && *heads < 1) fail(op, "heads must be >= 1, got " + std::to_string(*heads));
+  kernels::RandomFeatureScaling sc;
+  if (scaling == "chi") sc = kernels::RandomFeatureScaling::chi;
+  else if (scaling == "sqrt_d") sc = kernels::RandomFeatureScaling::sqrt_d;
+  else fail(op, "unknown scaling '" + scaling + "'; known: 'chi', 'sqrt_d'");
+  const at::ScalarType st = dtype.value_or(at::kFloat);
+  if (st != at::kFloat && st != at::kDouble)
+    fail(op, std::string("dtype must be float32 or float64, got ") + c10::toString(st));
+  at::Tensor w = heads ? at::empty({*heads, m, d}, at::TensorOptions().dtype(st))
+                       : at::empty({m, d}, at::TensorOptions().dtype(st));
+  AT_DISPATCH_FLOATING_TYPES(st, "random_features", [&] {
+    kernels::random_features<scalar_t>(m, d, static_cast<uint64_t>(seed), orthogonal, sc,
+                                       heads.value_or(1), w.data_ptr<scalar_t>());
+  });
+  return w;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(longattn, m) {
+  m.def(
+      "kernelized_attention(Tensor q, Tensor k, Tensor v, *, str feature_map, bool causal=False, "
+      "Tensor? key_padding_mask=None, Tensor? projection=None, float eps=1e-6) -> Tensor");
+  m.def(
+      "_kernelized_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, "
+      "Tensor? projection, str feature_map, bool causal, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "_kernelized_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
+      "Tensor inv_denom, Tensor? key_padding_mask, Tensor? projection, str feature_map, "
+      "bool causal, float eps) -> (Tensor, Tensor, Tensor)");
+  // No tensor input to dispatch on: a catch-all kernel.
+  m.def(
+      "random_features(int m, int d, *, int seed, bool orthogonal=True, str scaling='chi', "
+      "int? heads=None, ScalarType? dtype=None) -> Tensor",
+      TORCH_FN(random_features_impl));
+}
+
+TORCH_LIBRARY_IMPL(longattn, CPU, m) {
+  m.impl("_kernelized_attention_forward", forward_cpu);
+  m.impl("_kernelized_attention_backward", backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
+  m.impl("kernelized_attention", kernelized_attention_impl);
+}
+
+}  // namespace longattn::ops
+
+namespace longattn {
+
+at::Tensor kernelized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const std::string& feature_map,
+                                const KernelizedAttentionOptions& options) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("longattn::kernelized_attention", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            c10::string_view, bool, const c10::optional<at::Tensor>&,
+                            const c10::optional<at::Tensor>&, double)>();
+  return op.call(q, k, v, feature_map, options.causal, options.key_padding_mask,
+                 options.projection, options.eps);
+}
+
+at::Tensor random_features(int64_t m, int64_t d, int64_t seed,
+                           const RandomFeaturesOptions& options) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("longattn::random_features", "")
+                       .typed<at::Tensor(int64_t, int64_t, int64_t, bool, c10::string_view,
+                                         c10::optional<int64_t>, c10::optional<at::ScalarType>)>();
+  return op.call(m, d, seed, options.orthogonal, options.scaling, options.heads, options.dtype);
+}
+
+}  // namespace longattn

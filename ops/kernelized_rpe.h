@@ -1,0 +1,15 @@
+// Internal to the binding: Luo et al.'s RPE path on already-mapped features, for operators that
+// apply their own feature maps first (kernelized_attention's rel_bias). Differentiable.
+#pragma once
+#include <torch/types.h>
+
+namespace longattn::ops {
+
+// phi_q, phi_k [B, H, N, m], v [B, H, N, Dv], rel_bias [H, 2N-1], all checked by the caller.
+at::Tensor kernelized_rpe_from_features(const at::Tensor& phi_q, const at::Tensor& phi_k,
+                                        const at::Tensor& v, const at::Tensor& rel_bias,
+                                        bool causal,
+                                        const c10::optional<at::Tensor>& key_padding_mask,
+                                        double eps);
+
+}  // namespace longattn::ops
