@@ -1,7 +1,9 @@
 #include "nn/attention.h"
 
 #include "longattn/ops.h"
+#include "nn/yoso.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -74,6 +76,18 @@ std::vector<AttentionEntry> builtin_attentions() {
                [](const AttentionSpec&) { return std::make_shared<LinearCore>(false); }});
   r.push_back({"sikf", "linear attention with the shift-invariant exp kernel (Zubkov & Gavrilov)",
                [](const AttentionSpec&) { return std::make_shared<LinearCore>(true); }});
+  // YOSO (nn/yoso.h): τ = round(log2 max_len) and m = 32 as the authors, Hadamard hashing.
+  auto yoso = [](const AttentionSpec& s, int64_t conv, bool expectation) {
+    const int64_t tau = std::clamp<int64_t>(std::llround(std::log2(double(std::max<int64_t>(s.max_len, 2)))), 1, 30);
+    return std::make_shared<YOSOAttentionImpl>(
+        YOSOAttentionOptions(s.heads, tau).conv_window(conv).use_expectation(expectation).seed(s.seed));
+  };
+  r.push_back({"yoso", "YOSO: LSH Bernoulli sampling, linear (Zeng et al.), normalised output",
+               [yoso](const AttentionSpec& s) { return yoso(s, 0, false); }});
+  r.push_back({"yoso-c", "YOSO plus a depthwise convolution (window 33) of the values",
+               [yoso](const AttentionSpec& s) { return yoso(s, 33, false); }});
+  r.push_back({"yoso-e", "YOSO-E: the expectation of YOSO, O(N^2)",
+               [yoso](const AttentionSpec& s) { return yoso(s, 0, true); }});
   return r;
 }
 

@@ -41,3 +41,30 @@ TEST(CppApiYoso, HashBitsOutOfRangeNamesTheLimit) {
     EXPECT_NE(msg.find("got 31"), std::string::npos) << msg;
   }
 }
+
+#include "nn/yoso.h"
+
+TEST(CppNnYoso, NormalisedRowsEvalDeterministicTrainingFreshAndRegistered) {
+  torch::manual_seed(0);
+  longattn::nn::YOSOAttention layer(longattn::nn::YOSOAttentionOptions(2, 3).num_hashes(8).seed(5));
+  auto q = torch::randn({2, 2, 20, 8}), k = torch::randn({2, 2, 20, 8}), v = torch::randn({2, 2, 20, 8});
+  auto mask = torch::ones({2, 20}, torch::kBool);
+  mask.index_put_({1, torch::indexing::Slice(15, 20)}, false);
+  layer->eval();
+  auto a = layer->forward(q, k, v, mask);
+  EXPECT_TRUE(torch::equal(a, layer->forward(q, k, v, mask)));
+  auto norms = a.norm(2, -1);
+  EXPECT_TRUE(torch::allclose(norms.index({0}), torch::ones_like(norms.index({0})), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::all(a.index({1, torch::indexing::Slice(), torch::indexing::Slice(15, 20)}) == 0).item<bool>());
+  layer->train();
+  EXPECT_FALSE(torch::equal(layer->forward(q, k, v, mask), layer->forward(q, k, v, mask)));
+
+  longattn::nn::AttentionSpec spec;
+  spec.heads = 2, spec.max_len = 20;
+  for (const char* name : {"yoso", "yoso-c", "yoso-e"}) {
+    spec.name = name;
+    auto core = longattn::nn::make_attention_core(spec);
+    core->eval();
+    EXPECT_EQ(core->forward(q, k, v, mask).sizes(), v.sizes()) << name;
+  }
+}
