@@ -7,12 +7,21 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "longattn/ops.h"
+#include "nn/shatter.h"
+
 namespace longattn::nn {
 namespace {
 
-// Exact softmax attention (the fused longattn operator), optionally with a learned relative bias on
-// the logits: coefficients [H, 2M - 1] at index j - i + M - 1; a sequence of n < M tokens uses the
-// central 2n - 1 of them.
+// A learned relative-position bias [H, 2M - 1] (index j - i + M - 1, zeros at the start); a
+// sequence of n <= M tokens uses the central 2n - 1 coefficients.
+torch::Tensor central_bias(const torch::Tensor& bias, int64_t max_len, int64_t n, const char* who) {
+  TORCH_CHECK(n <= max_len, who, ": sequence of ", n, " tokens, but the bias covers ", max_len);
+  return bias.slice(1, max_len - n, max_len + n - 1);
+}
+
+// Exact softmax attention (longattn::softmax_attention), optionally with a learned relative
+// bias on the logits.
 class SoftmaxCore : public AttentionCoreImpl {
  public:
   SoftmaxCore(const AttentionSpec& s, bool rel_bias) : max_len_(s.max_len) {
@@ -20,13 +29,9 @@ class SoftmaxCore : public AttentionCoreImpl {
   }
   torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const torch::Tensor& key_mask) override {
-    const int64_t n = q.size(2);
     SoftmaxAttentionOptions o;
     o.key_padding_mask = key_mask;
-    if (bias_.defined()) {
-      TORCH_CHECK(n <= max_len_, "softmax-rpe: sequence of ", n, " tokens, but the bias covers ", max_len_);
-      o.rel_bias = bias_.slice(1, max_len_ - n, max_len_ + n - 1).to(q.dtype());
-    }
+    if (bias_.defined()) o.rel_bias = central_bias(bias_, max_len_, q.size(2), "softmax-rpe").to(q.dtype());
     return softmax_attention(q, k, v, o);
   }
 
@@ -35,35 +40,99 @@ class SoftmaxCore : public AttentionCoreImpl {
   torch::Tensor bias_;
 };
 
-// Linear attention with a feature map phi: out_i = phi(q_i)^T S / (phi(q_i)^T z + eps), with
-// S = sum_j phi(k_j) v_j^T and z = sum_j phi(k_j) over the keys that take part.
-//  - "linear": phi = elu + 1 (Katharopoulos et al. 2020);
-//  - "sikf":   phi = exp after subtracting one scalar per (batch, head), mean(q) + mean(k); the
-//    shift cancels between numerator and denominator (papers.md 3.2), it only keeps exp in range.
-class LinearCore : public AttentionCoreImpl {
+// Kernelized attention (longattn::kernelized_attention) with a named feature map: "elu" (linear,
+// Katharopoulos et al.), "sikf" (FastRPB's shift-invariant exp), "favor" (Performer's positive
+// random features, a fixed orthogonal projection per head drawn from the layer's seed; q and k
+// scaled by Dh^-1/4 so that the kernel estimates softmax(q k^T / sqrt(Dh))).
+class KernelizedCore : public AttentionCoreImpl {
  public:
-  explicit LinearCore(bool shift_invariant_exp) : sikf_(shift_invariant_exp) {}
+  KernelizedCore(const AttentionSpec& s, std::string feature_map) : map_(std::move(feature_map)) {
+    if (map_ == "favor") {
+      RandomFeaturesOptions o;
+      o.heads = s.heads;
+      omega_ = register_buffer("omega", random_features(kFavorFeatures, s.dim / s.heads, int64_t(s.seed % (1ull << 62)), o));
+    }
+  }
   torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const torch::Tensor& key_mask) override {
-    torch::Tensor fq, fk;
-    auto m = key_mask.unsqueeze(1).unsqueeze(-1).to(q.dtype());  // [B, 1, N, 1]
-    if (sikf_) {
-      auto offset = (q.mean({2, 3}, true) + k.mean({2, 3}, true)).detach();
-      fq = torch::exp(q - offset);
-      fk = torch::exp(k - offset);
-    } else {
-      fq = torch::elu(q) + 1;
-      fk = torch::elu(k) + 1;
-    }
-    fk = fk * m;
-    auto s = torch::matmul(fk.transpose(-1, -2), v);  // [B, H, Dh, Dh]
-    auto z = fk.sum(2, true);                         // [B, H, 1, Dh]
-    auto den = (fq * z).sum(-1, true) + 1e-6;
-    return torch::matmul(fq, s) / den;
+    KernelizedAttentionOptions o;
+    o.key_padding_mask = key_mask;
+    if (map_ != "favor") return kernelized_attention(q, k, v, map_, o);
+    o.projection = omega_.to(q.dtype());
+    const double s = std::pow(double(q.size(3)), -0.25);
+    return kernelized_attention(q * s, k * s, v, map_, o);
   }
 
  private:
-  bool sikf_;
+  std::string map_;
+  torch::Tensor omega_;
+};
+
+// Luo et al. (2021): kernelized attention with a relative positional encoding, the weights
+// e^{b[j-i]} phi(q_i).phi(k_j), by longattn::kernelized_rpe_attention. phi = Performer's positive
+// random features; the exp is stabilised by subtracting the row maximum for queries and the
+// maximum over all keys of a (batch, head) for keys, scales that cancel in the ratio.
+class KernelizedRpeCore : public AttentionCoreImpl {
+ public:
+  explicit KernelizedRpeCore(const AttentionSpec& s) : max_len_(s.max_len) {
+    RandomFeaturesOptions o;
+    o.heads = s.heads;
+    omega_ = register_buffer("omega", random_features(kFavorFeatures, s.dim / s.heads, int64_t(s.seed % (1ull << 62)), o));
+    bias_ = register_parameter("rel_bias", torch::zeros({s.heads, 2 * s.max_len - 1}));
+  }
+  torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& key_mask) override {
+    const double s = std::pow(double(q.size(3)), -0.25);
+    auto w = omega_.to(q.dtype()).unsqueeze(0);  // [1, H, m, Dh]
+    auto logits = [&](const torch::Tensor& x) {
+      auto xs = x * s;
+      return torch::matmul(xs, w.transpose(-1, -2)) - 0.5 * xs.pow(2).sum(-1, true);  // [B, H, N, m]
+    };
+    auto lq = logits(q), lk = logits(k);
+    auto m = key_mask.unsqueeze(1).unsqueeze(-1);  // [B, 1, N, 1]
+    auto lk_max = lk.masked_fill(m.logical_not(), -INFINITY).amax({2, 3}, true).clamp_min(-1e30).detach();
+    auto phi_q = torch::exp(lq - lq.amax(-1, true).detach());
+    auto phi_k = torch::exp(lk - lk_max) * m.to(q.dtype());
+    KernelizedRpeOptions o;
+    o.key_padding_mask = key_mask;
+    o.eps = 1e-6;
+    auto b = central_bias(bias_, max_len_, q.size(2), "kernelized-rpe").to(q.dtype());
+    return kernelized_rpe_attention(phi_q, phi_k, v, b, o);
+  }
+
+ private:
+  int64_t max_len_;
+  torch::Tensor omega_, bias_;
+};
+
+// Shatter (nn/shatter.h, longattn::shatter_attention): ONE head over all channels, so q and k
+// are the H heads' slices put back together ([B, N, dim]); the value channels split into P
+// streams of dim / P, weighted by a learned soft partition of the relative positions. The
+// result ([B, N, dim / P]) is copied into the P slots of the output, so the layer's output
+// projection reads it: the same function as Shatter's own dim / P -> dim projection, and the
+// parameter count stays that of the other mechanisms (plus the partition's P x 3 weights).
+class ShatterCore : public AttentionCoreImpl {
+ public:
+  explicit ShatterCore(const AttentionSpec& s) {
+    if (s.dim % kShatterParts != 0)
+      throw std::invalid_argument("shatter: dim " + std::to_string(s.dim) + " is not a multiple of its " +
+                                  std::to_string(kShatterParts) + " parts");
+    partition_ = register_module("partition", ShatterPartition(ShatterPartitionOptions(kShatterParts)
+                                                                   .max_distance(std::max<int64_t>(2, s.max_len))));
+  }
+  torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& key_mask) override {
+    const int64_t B = q.size(0), H = q.size(1), N = q.size(2), Dh = q.size(3), D = H * Dh, P = kShatterParts;
+    auto join = [&](const torch::Tensor& x) { return x.transpose(1, 2).reshape({B, N, D}); };
+    auto vs = join(v).view({B, N, P, D / P}).transpose(1, 2);  // [B, P, N, D / P]
+    ShatterAttentionOptions o;
+    o.key_padding_mask = key_mask;
+    auto y = shatter_attention(join(q), join(k), vs, partition_->forward(N).to(q.dtype()), o);  // [B, N, D / P]
+    return y.repeat({1, 1, P}).view({B, N, H, Dh}).transpose(1, 2);
+  }
+
+ private:
+  ShatterPartition partition_{nullptr};
 };
 
 std::vector<AttentionEntry> builtin_attentions() {
@@ -73,9 +142,13 @@ std::vector<AttentionEntry> builtin_attentions() {
   r.push_back({"softmax-rpe", "exact softmax attention with a learned relative-position bias per head",
                [](const AttentionSpec& s) { return std::make_shared<SoftmaxCore>(s, true); }});
   r.push_back({"linear", "linear attention, elu(x)+1 features (Katharopoulos et al.)",
-               [](const AttentionSpec&) { return std::make_shared<LinearCore>(false); }});
+               [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "elu"); }});
   r.push_back({"sikf", "linear attention with the shift-invariant exp kernel (Zubkov & Gavrilov)",
-               [](const AttentionSpec&) { return std::make_shared<LinearCore>(true); }});
+               [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "sikf"); }});
+  r.push_back({"favor", "Performer's FAVOR+: positive orthogonal random features, 64 per head",
+               [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "favor"); }});
+  r.push_back({"kernelized-rpe", "random-feature attention with a learned relative-position encoding (Luo et al.)",
+               [](const AttentionSpec& s) { return std::make_shared<KernelizedRpeCore>(s); }});
   // YOSO (nn/yoso.h): τ = round(log2 max_len) and m = 32 as the authors, Hadamard hashing.
   auto yoso = [](const AttentionSpec& s, int64_t conv, bool expectation) {
     const int64_t tau = std::clamp<int64_t>(std::llround(std::log2(double(std::max<int64_t>(s.max_len, 2)))), 1, 30);
@@ -88,6 +161,8 @@ std::vector<AttentionEntry> builtin_attentions() {
                [yoso](const AttentionSpec& s) { return yoso(s, 33, false); }});
   r.push_back({"yoso-e", "YOSO-E: the expectation of YOSO, O(N^2)",
                [yoso](const AttentionSpec& s) { return yoso(s, 0, true); }});
+  r.push_back({"shatter", "Shatter: one head, 4 value streams over a soft partition of relative positions (Tian et al.)",
+               [](const AttentionSpec& s) { return std::make_shared<ShatterCore>(s); }});
   return r;
 }
 
@@ -119,7 +194,9 @@ MultiHeadAttentionImpl::MultiHeadAttentionImpl(const AttentionSpec& spec) : spec
   out_ = register_module("out", torch::nn::Linear(spec.dim, spec.dim));
   core_ = register_module("core", make_attention_core(spec));
   if (spec.fastrpb == "1d" || spec.fastrpb == "2d")
-    rpb_ = register_module("fastrpb", FastRPB(spec.heads, spec.max_len, spec.fastrpb == "2d", spec.height, spec.width));
+    rpb_ = register_module("fastrpb", spec.fastrpb == "2d"  // 2-D offsets span one side of the grid
+                                          ? FastRPB(spec.heads, std::max(spec.height, spec.width), true, spec.height, spec.width)
+                                          : FastRPB(spec.heads, spec.max_len, false, 0, 0));
   else if (spec.fastrpb != "none")
     throw std::invalid_argument("fastrpb must be none, 1d or 2d, got '" + spec.fastrpb + "'");
 }

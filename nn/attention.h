@@ -27,6 +27,12 @@ struct AttentionSpec {
   uint64_t seed = 0;              // for random features / hashes of approximate mechanisms
 };
 
+// The fixed settings of the approximate mechanisms (docs/train.md says why).
+constexpr int64_t kFavorFeatures = 64;  // favor, kernelized-rpe: random features per head
+constexpr int64_t kYosoHashBits = 10;   // yoso, yoso-e: tau (the LRA configs use 10 to 12)
+constexpr int64_t kYosoHashes = 16;     // yoso: m (YOSO-16, the v2 LRA configs)
+constexpr int64_t kShatterParts = 4;    // shatter: P value streams
+
 class AttentionCoreImpl : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

@@ -67,11 +67,18 @@ class Args {
   std::map<std::string, std::string> values_;
 };
 
+// --eval-limit N keeps the first N validation and test examples (quicker evaluation; the
+// summary then reports accuracy on those N).
 data::Splits task_from(const Args& a) {
   const std::string task = a.get("task", "");
   if (task.empty()) throw std::invalid_argument(std::string("--task NAME is required; known tasks: ") + data::task_names());
   data::Options o = data::Options::parse(a.get("task-options", ""));
-  return data::load_task(task, o);
+  data::Splits s = data::load_task(task, o);
+  const int64_t limit = a.get_int("eval-limit", 0);
+  if (limit < 0) throw std::invalid_argument("--eval-limit must be >= 0 (0: every example)");
+  for (data::Dataset* d : {&s.val, &s.test})
+    if (limit > 0 && d->examples.size() > size_t(limit)) d->examples.resize(size_t(limit));
+  return s;
 }
 
 template <class F>
@@ -105,7 +112,7 @@ int train_command(int argc, char** argv) {
     Args a(argc, argv, {"resume", "quiet"},
            {"task", "task-options", "attention", "fastrpb", "layers", "dim", "heads", "ffn", "dropout", "positions",
             "pooling", "steps", "batch", "lr", "warmup", "weight-decay", "clip", "eval-every", "log-every", "threads",
-            "seed", "out", "stop-after"});
+            "seed", "out", "stop-after", "eval-limit"});
     TrainConfig c;
     c.model.attention = a.get("attention", "softmax");
     c.model.fastrpb = a.get("fastrpb", "none");
@@ -138,17 +145,17 @@ int train_command(int argc, char** argv) {
       return 0;
     }
     std::printf("attention %s%s: test accuracy %.4f (loss %.4f), val accuracy %.4f (best %.4f), %lld parameters, "
-                "wall %s, %.0f tokens/s, peak memory %.0f MiB\n",
+                "wall %s, %.0f tokens/s, peak memory %.0f MiB, %d threads\n",
                 c.model.attention.c_str(), c.model.fastrpb == "none" ? "" : (" + FastRPB " + c.model.fastrpb).c_str(),
                 r.test.accuracy, r.test.loss, r.val.accuracy, r.best_val_accuracy, (long long)r.parameters,
-                format_duration(r.wall_seconds).c_str(), r.tokens_per_second, r.peak_memory_mib);
+                format_duration(r.wall_seconds).c_str(), r.tokens_per_second, r.peak_memory_mib, r.threads);
     return 0;
   });
 }
 
 int eval_command(int argc, char** argv) {
   return guarded("eval", [&] {
-    Args a(argc, argv, {}, {"checkpoint", "task", "task-options", "batch", "threads"});
+    Args a(argc, argv, {}, {"checkpoint", "task", "task-options", "batch", "threads", "eval-limit"});
     const std::string ckpt = a.get("checkpoint", "");
     if (ckpt.empty()) throw std::invalid_argument("--checkpoint FILE is required");
     if (a.get_int("threads", 0) > 0) torch::set_num_threads(int(a.get_int("threads", 0)));
@@ -160,8 +167,8 @@ int eval_command(int argc, char** argv) {
                                   std::to_string(s.test.num_classes) + ") do not match the checkpoint's model (" +
                                   std::to_string(m.vocab_size) + ", " + std::to_string(m.num_classes) + ")");
     const EvalResult r = evaluate(model, s.test, a.get_int("batch", 64));
-    std::printf("test accuracy %.4f, loss %.4f, %lld examples (peak memory %.0f MiB)\n", r.accuracy, r.loss,
-                (long long)r.examples, peak_memory_mib());
+    std::printf("test accuracy %.4f, loss %.4f, %lld examples (peak memory %.0f MiB, %d threads)\n", r.accuracy,
+                r.loss, (long long)r.examples, peak_memory_mib(), torch::get_num_threads());
     return 0;
   });
 }

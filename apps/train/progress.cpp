@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
 
 namespace longattn::train {
 
@@ -51,8 +53,25 @@ void Progress::finish() {
   drawn_ = false;
 }
 
-MetricsLog::MetricsLog(const std::string& path) {
-  if (!path.empty()) os_.open(path, std::ios::app);
+MetricsLog::MetricsLog(const std::string& path, int64_t keep_through) {
+  if (path.empty()) return;
+  std::string kept;
+  if (keep_through > 0) {
+    std::ifstream in(path);
+    const std::string key = "{\"step\": ";
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind(key, 0) != 0) continue;  // not one of ours (or a line cut by a crash)
+      if (std::strtoll(line.c_str() + key.size(), nullptr, 10) <= keep_through && line.back() == '}') kept += line + "\n";
+    }
+  }
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << kept;
+    if (!out) throw std::runtime_error("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+  os_.open(path, std::ios::app);
 }
 
 void MetricsLog::write(int64_t step, const std::string& split, std::initializer_list<std::pair<const char*, double>> values) {

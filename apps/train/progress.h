@@ -24,7 +24,9 @@ class Progress {
 
 class MetricsLog {
  public:
-  explicit MetricsLog(const std::string& path);  // appends; "" disables
+  // Keeps the existing lines of path whose step is <= keep_through (none for 0), then appends;
+  // "" disables. The file is rewritten through a temporary name, so a crash keeps the old one.
+  MetricsLog(const std::string& path, int64_t keep_through);
   // One JSON object per call: {"step": s, "split": "...", key: value, ...}
   void write(int64_t step, const std::string& split, std::initializer_list<std::pair<const char*, double>> values);
 

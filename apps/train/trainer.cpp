@@ -139,7 +139,7 @@ nn::Classifier load_model(const std::string& path) {
 }
 
 TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
-  if (cfg.threads > 0) torch::set_num_threads(cfg.threads);
+  if (cfg.threads > 0) torch::set_num_threads(cfg.threads);  // torch's ops and the longattn kernels
   if (cfg.steps < 1 || cfg.batch < 1) throw std::invalid_argument("train: steps and batch must be at least 1");
   data::validate(splits.train);
   nn::ModelConfig mc = cfg.model;
@@ -154,6 +154,7 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
 
   TrainResult res;
   res.parameters = nn::count_parameters(*model);
+  res.threads = torch::get_num_threads();
   int64_t step = 0;
   double best = -1;
   if (cfg.resume) {
@@ -178,15 +179,18 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
   }
 
   Progress progress(cfg.steps, step, cfg.log_every, cfg.quiet);
-  MetricsLog metrics(cfg.out_dir.empty() ? "" : cfg.out_dir + "/metrics.jsonl");
+  // A fresh run starts the log afresh; a resumed one keeps the lines up to its checkpoint's step
+  // (the interrupted run may have logged further steps, which it now repeats).
+  MetricsLog metrics(cfg.out_dir.empty() ? "" : cfg.out_dir + "/metrics.jsonl", cfg.resume ? step : 0);
   if (!cfg.quiet && !cfg.resume) {
     std::ostringstream s;
     s << "model: " << mc.attention << (mc.fastrpb != "none" ? " + FastRPB " + mc.fastrpb : "") << ", " << mc.layers
       << " layers, dim " << mc.dim << ", " << mc.heads << " heads, ffn " << mc.ffn << ", max_len " << mc.max_len << ": "
-      << res.parameters << " parameters";
+      << res.parameters << " parameters; " << res.threads << " threads";
     progress.line(s.str());
   }
-  if (cfg.resume && !cfg.quiet) progress.line("resumed at step " + std::to_string(step));
+  if (cfg.resume && !cfg.quiet)
+    progress.line("resumed at step " + std::to_string(step) + "; " + std::to_string(res.threads) + " threads");
 
   data::EpochOrder order(splits.train.size(), cfg.batch, cfg.seed);
   const data::BatchOptions bopt = batch_options(mc);

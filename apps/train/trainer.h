@@ -22,7 +22,7 @@ struct TrainConfig {
   int64_t eval_every = 200;  // also checkpoints; 0: only at the end
   int64_t log_every = 20;    // plain progress lines when not on a terminal
   int64_t eval_batch = 64;
-  int threads = 0;           // 0: torch's default
+  int threads = 0;           // 0: torch's default (at::set_num_threads; the longattn kernels use the same count)
   uint64_t seed = 0;
   std::string out_dir;       // checkpoints (latest.ckpt, best.ckpt) and metrics.jsonl; "" keeps nothing
   bool resume = false;       // continue from out_dir/latest.ckpt
@@ -41,6 +41,7 @@ struct TrainResult {
   double best_val_accuracy = 0;
   double wall_seconds = 0, tokens_per_second = 0, peak_memory_mib = 0;
   int64_t parameters = 0;
+  int threads = 0;  // the intra-op thread count the run used
   double final_train_loss = 0;
 };
 

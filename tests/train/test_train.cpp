@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <map>
 #include <string>
 
 #include "apps/data/tasks.h"
@@ -66,10 +67,22 @@ TEST(Train, ResumeGivesTheSameParametersAsAnUnstoppedRun) {
   train::train(c, s);
   c.out_dir = temp_dir("resumed");
   c.stop_after = 23;
-  EXPECT_EQ(train::train(c, s).steps_done, 23);
+  const train::TrainResult stopped = train::train(c, s);
+  EXPECT_EQ(stopped.steps_done, 23);
+  EXPECT_EQ(stopped.threads, 1);  // --threads is applied (tiny() asks for 1)
   c.stop_after = -1;
   c.resume = true;
   EXPECT_EQ(train::train(c, s).steps_done, 40);
+  // The log of the resumed run holds each step once, as the straight run's does (the stopped
+  // run checkpointed at step 20 and logged up to 23; the resumed one repeats 21 to 23).
+  auto steps_logged = [](const std::string& dir) {
+    std::ifstream in(dir + "/metrics.jsonl");
+    std::string all, line;
+    while (std::getline(in, line)) all += line.substr(0, line.find(", \"split\": \"") + 20) + "\n";
+    return all;
+  };
+  EXPECT_EQ(steps_logged(temp_dir("resumed")), steps_logged(temp_dir("straight")));
+  EXPECT_NE(steps_logged(temp_dir("straight")).find("{\"step\": 40, \"split\": \"test\""), std::string::npos);
   auto a = train::load_model(temp_dir("straight") + "/latest.ckpt");
   auto b = train::load_model(temp_dir("resumed") + "/latest.ckpt");
   auto pa = a->named_parameters(), pb = b->named_parameters();
@@ -120,25 +133,32 @@ TEST(Model, UnknownAttentionListsTheKnownOnes) {
 }
 
 // The same configuration has the same parameter count whatever the attention, except where the
-// mechanism adds parameters (softmax-rpe: heads x (2M - 1) biases per layer; FastRPB likewise).
+// mechanism adds parameters: softmax-rpe and kernelized-rpe heads x (2M - 1) biases per layer,
+// shatter its partition's P x (degree + 1) = 4 x 3 weights per layer, FastRPB heads x (2M - 1)
+// per layer (2-D: heads x (2 max(height, width) - 1)). favor's projections are buffers, not
+// parameters. Every registered name must appear here, so a new one gets its count checked.
 TEST(Model, ParameterCountsDependOnlyOnWhatTheMechanismAdds) {
   nn::ModelConfig m;
   m.vocab_size = 20, m.max_len = 50, m.layers = 2, m.dim = 16, m.heads = 2, m.ffn = 32;
   m.attention = "softmax";
   nn::Classifier base(m);
-  const int64_t n = nn::count_parameters(*base);
-  for (const char* a : {"linear", "sikf"}) {
-    m.attention = a;
+  const int64_t n = nn::count_parameters(*base), bias = m.layers * m.heads * (2 * m.max_len - 1);
+  const std::map<std::string, int64_t> extra = {{"softmax", 0}, {"softmax-rpe", bias}, {"linear", 0}, {"sikf", 0},
+                                                {"favor", 0}, {"kernelized-rpe", bias}, {"yoso", 0}, {"yoso-e", 0},
+                                                {"shatter", m.layers * 4 * 3}};
+  for (const auto& e : nn::attention_registry()) {
+    ASSERT_TRUE(extra.count(e.name)) << e.name << ": add its expected parameter count here";
+    m.attention = e.name;
     nn::Classifier other(m);
-    EXPECT_EQ(nn::count_parameters(*other), n) << a;
+    EXPECT_EQ(nn::count_parameters(*other), n + extra.at(e.name)) << e.name;
   }
-  m.attention = "softmax-rpe";
-  nn::Classifier rpe(m);
-  EXPECT_EQ(nn::count_parameters(*rpe), n + 2 * 2 * (2 * 50 - 1));
   m.attention = "softmax";
   m.fastrpb = "1d";
   nn::Classifier rpb(m);
-  EXPECT_EQ(nn::count_parameters(*rpb), n + 2 * 2 * (2 * 50 - 1));
+  EXPECT_EQ(nn::count_parameters(*rpb), n + bias);
+  m.fastrpb = "2d", m.height = 5, m.width = 7;
+  nn::Classifier rpb2(m);
+  EXPECT_EQ(nn::count_parameters(*rpb2), n + m.layers * m.heads * (2 * 7 - 1));
 }
 
 // FastRPB by FFT against the dense Toeplitz product it stands for, 1-D and 2-D (with a CLS slot).
