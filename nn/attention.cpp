@@ -108,18 +108,19 @@ class KernelizedRpeCore : public AttentionCoreImpl {
 // the layer's fixed seed, so it is deterministic.
 class YosoCore : public AttentionCoreImpl {
  public:
-  YosoCore(const AttentionSpec& s, bool expectation) : expectation_(expectation), seed_(int64_t(s.seed % (1ull << 62))) {}
+  YosoCore(const AttentionSpec& s, bool expectation)
+      : expectation_(expectation), bits_(yoso_hash_bits(s.max_len)), seed_(int64_t(s.seed % (1ull << 62))) {}
   torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const torch::Tensor& key_mask) override {
     torch::Tensor y;
     if (expectation_) {
       YosoExpectationOptions o;
-      o.hash_bits = kYosoHashBits;
+      o.hash_bits = bits_;
       o.key_padding_mask = key_mask;
       y = yoso_expectation(q, k, v, o);
     } else {
       YosoOptions o;
-      o.hash_bits = kYosoHashBits;
+      o.hash_bits = bits_;
       o.num_hashes = kYosoHashes;
       o.key_padding_mask = key_mask;
       o.seed = is_training() ? torch::randint(int64_t(1) << 62, {1}, torch::kLong).item<int64_t>() : seed_;
@@ -130,7 +131,7 @@ class YosoCore : public AttentionCoreImpl {
 
  private:
   bool expectation_;
-  int64_t seed_;
+  int64_t bits_, seed_;
 };
 
 // Shatter (nn/shatter.h, longattn::shatter_attention): ONE head over all channels, so q and k
@@ -177,7 +178,7 @@ std::vector<AttentionEntry> builtin_attentions() {
                [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "favor"); }});
   r.push_back({"kernelized-rpe", "random-feature attention with a learned relative-position encoding (Luo et al.)",
                [](const AttentionSpec& s) { return std::make_shared<KernelizedRpeCore>(s); }});
-  r.push_back({"yoso", "YOSO: Bernoulli sampling attention by LSH, tau 10, 16 hashes (Zeng et al.)",
+  r.push_back({"yoso", "YOSO: Bernoulli sampling attention by LSH, 16 hashes of round(log2 N) bits (Zeng et al.)",
                [](const AttentionSpec& s) { return std::make_shared<YosoCore>(s, false); }});
   r.push_back({"yoso-e", "YOSO-E: the expectation of YOSO's estimator, O(N^2) (Zeng et al.)",
                [](const AttentionSpec& s) { return std::make_shared<YosoCore>(s, true); }});
@@ -187,6 +188,10 @@ std::vector<AttentionEntry> builtin_attentions() {
 }
 
 }  // namespace
+
+int64_t yoso_hash_bits(int64_t max_len) {
+  return std::min<int64_t>(12, std::max<int64_t>(4, std::llround(std::log2(double(std::max<int64_t>(1, max_len))))));
+}
 
 const std::vector<AttentionEntry>& attention_registry() {
   static const std::vector<AttentionEntry> registry = builtin_attentions();
