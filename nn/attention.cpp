@@ -149,9 +149,9 @@ std::vector<AttentionEntry> builtin_attentions() {
                [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "favor"); }});
   r.push_back({"kernelized-rpe", "random-feature attention with a learned relative-position encoding (Luo et al.)",
                [](const AttentionSpec& s) { return std::make_shared<KernelizedRpeCore>(s); }});
-  // YOSO (nn/yoso.h): τ = round(log2 max_len) and m = 32 as the authors, Hadamard hashing.
+  // YOSO (nn/yoso.h, the paper's layer): τ = yoso_hash_bits(max_len), m = 32, Hadamard hashing.
   auto yoso = [](const AttentionSpec& s, int64_t conv, bool expectation) {
-    const int64_t tau = std::clamp<int64_t>(std::llround(std::log2(double(std::max<int64_t>(s.max_len, 2)))), 1, 30);
+    const int64_t tau = yoso_hash_bits(s.max_len);
     return std::make_shared<YOSOAttentionImpl>(
         YOSOAttentionOptions(s.heads, tau).conv_window(conv).use_expectation(expectation).seed(s.seed));
   };
@@ -167,6 +167,10 @@ std::vector<AttentionEntry> builtin_attentions() {
 }
 
 }  // namespace
+
+int64_t yoso_hash_bits(int64_t max_len) {
+  return std::min<int64_t>(12, std::max<int64_t>(4, std::llround(std::log2(double(std::max<int64_t>(1, max_len))))));
+}
 
 const std::vector<AttentionEntry>& attention_registry() {
   static const std::vector<AttentionEntry> registry = builtin_attentions();

@@ -29,8 +29,9 @@ struct AttentionSpec {
 
 // The fixed settings of the approximate mechanisms (docs/train.md says why).
 constexpr int64_t kFavorFeatures = 64;  // favor, kernelized-rpe: random features per head
-constexpr int64_t kYosoHashBits = 10;   // yoso, yoso-e: tau (the LRA configs use 10 to 12)
-constexpr int64_t kYosoHashes = 16;     // yoso: m (YOSO-16, the v2 LRA configs)
+// yoso, yoso-e: tau = round(log2 max_len) clamped to [4, 12], as the authors' LRA configs
+// (10 for 1K-token images, 11 for 2K ListOps); more buckets than tokens only costs time.
+int64_t yoso_hash_bits(int64_t max_len);
 constexpr int64_t kShatterParts = 4;    // shatter: P value streams
 
 class AttentionCoreImpl : public torch::nn::Module {

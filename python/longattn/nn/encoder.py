@@ -26,7 +26,13 @@ __all__ = ["ATTENTIONS", "AttentionSpec", "MultiHeadAttention", "ModelConfig", "
 
 # The fixed settings of the approximate mechanisms, as in nn/attention.h.
 FAVOR_FEATURES = 64  # favor, kernelized-rpe: random features per head
-YOSO_HASH_BITS = 10  # yoso, yoso-e: tau
+
+
+def yoso_hash_bits(max_len):
+    """yoso, yoso-e: tau = round(log2 max_len) clamped to [4, 12], as nn/attention.h."""
+    return min(12, max(4, round(math.log2(max(1, max_len)))))
+
+
 YOSO_HASHES = 16     # yoso: m
 SHATTER_PARTS = 4    # shatter: P value streams
 
@@ -117,7 +123,7 @@ class YosoCore(nn.Module):
 
     def __init__(self, spec, expectation):
         super().__init__()
-        self.yoso = YOSOAttention(spec.heads, YOSO_HASH_BITS, YOSO_HASHES, hashing="gaussian",
+        self.yoso = YOSOAttention(spec.heads, yoso_hash_bits(spec.max_len), YOSO_HASHES, hashing="gaussian",
                                   use_expectation=expectation, seed=spec.seed % (1 << 62))
 
     def forward(self, q, k, v, key_mask):
@@ -159,7 +165,7 @@ ATTENTIONS = {
               lambda s: KernelizedCore(s, "favor")),
     "kernelized-rpe": ("random-feature attention with a learned relative-position encoding (Luo et al.)",
                        KernelizedRpeCore),
-    "yoso": ("YOSO: Bernoulli sampling attention by LSH, tau 10, 16 hashes (Zeng et al.)",
+    "yoso": ("YOSO: Bernoulli sampling attention by LSH, 16 hashes of round(log2 N) bits (Zeng et al.)",
              lambda s: YosoCore(s, False)),
     "yoso-e": ("YOSO-E: the expectation of YOSO's estimator, O(N^2) (Zeng et al.)", lambda s: YosoCore(s, True)),
     "shatter": ("Shatter: one head, 4 value streams over a soft partition of relative positions (Tian et al.)",
