@@ -134,7 +134,8 @@ TEST(Model, UnknownAttentionListsTheKnownOnes) {
 
 // The same configuration has the same parameter count whatever the attention, except where the
 // mechanism adds parameters: softmax-rpe and kernelized-rpe heads x (2M - 1) biases per layer,
-// shatter its partition's P x (degree + 1) = 4 x 3 weights per layer, FastRPB heads x (2M - 1)
+// shatter its partition's P x (degree + 1) = 4 x 3 weights per layer, yoso-c its depthwise
+// convolution of the values (heads x window 33 per layer), FastRPB heads x (2M - 1)
 // per layer (2-D: heads x (2 max(height, width) - 1)). favor's projections are buffers, not
 // parameters. Every registered name must appear here, so a new one gets its count checked.
 TEST(Model, ParameterCountsDependOnlyOnWhatTheMechanismAdds) {
@@ -145,6 +146,7 @@ TEST(Model, ParameterCountsDependOnlyOnWhatTheMechanismAdds) {
   const int64_t n = nn::count_parameters(*base), bias = m.layers * m.heads * (2 * m.max_len - 1);
   const std::map<std::string, int64_t> extra = {{"softmax", 0}, {"softmax-rpe", bias}, {"linear", 0}, {"sikf", 0},
                                                 {"favor", 0}, {"kernelized-rpe", bias}, {"yoso", 0}, {"yoso-e", 0},
+                                                {"yoso-c", m.layers * m.heads * 33},
                                                 {"shatter", m.layers * 4 * 3}};
   for (const auto& e : nn::attention_registry()) {
     ASSERT_TRUE(extra.count(e.name)) << e.name << ": add its expected parameter count here";
