@@ -26,7 +26,7 @@ def main():
                 continue
             extra = {k: v for k, v in r.items() if k not in {
                 "suite", "op", "baseline", "mode", "B", "H", "N", "D", "causal", "rel_bias", "dtype",
-                "time_s", "gflops", "frac_sgemm", "peak_bytes", "beyond_outputs_bytes", "times", "skipped"}}
+                "time_s", "cpu_s", "gflops_per_core_cpu", "gflops", "frac_sgemm", "peak_bytes", "beyond_outputs_bytes", "times", "skipped"}}
             key = (r["suite"], r["mode"], r["causal"], r["rel_bias"], r["B"], r["H"], r["D"],
                    tuple(sorted(extra.items())))
             groups[key][r["op"] + (" (baseline)" if r["baseline"] else "")].append(r)

@@ -33,12 +33,21 @@ struct Record {
   bool baseline = false;
   Shape shape;
   double time_s = NAN, gflops = NAN, frac_sgemm = NAN;
+  // CPU seconds of the whole process per run (all threads), median: unlike wall time, it is
+  // not inflated when other jobs share the cores, so GFLOP/s per core-second is load-robust.
+  double cpu_s = NAN, gflops_per_core = NAN;
   double peak_bytes = NAN, beyond_outputs_bytes = NAN;
   std::vector<double> times;
 };
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double process_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
 double median(std::vector<double> v) {
@@ -103,12 +112,16 @@ void measure(const std::function<void()>& fn, double output_bytes, int warmup, i
   int n = reps;
   if (first * reps > budget_s) n = std::max(1, static_cast<int>(budget_s / std::max(first, 1e-9)));
   if (n == 1 && warmup <= 1 && first * 2 <= budget_s) n = 2;
+  std::vector<double> cpu;
   for (int i = 0; i < n; ++i) {
     auto t1 = Clock::now();
+    double c1 = process_cpu_seconds();
     fn();
     r.times.push_back(seconds_since(t1));
+    cpu.push_back(process_cpu_seconds() - c1);
   }
   r.time_s = median(r.times);
+  r.cpu_s = median(cpu);
 }
 
 void write_json(const std::string& path, const std::vector<Record>& recs, double sgemm,
@@ -132,7 +145,8 @@ void write_json(const std::string& path, const std::vector<Record>& recs, double
       << ", \"rel_bias\": " << (r.shape.rel_bias ? "true" : "false")
       << ", \"dtype\": \"" << (r.shape.dtype == at::kDouble ? "float64" : "float32") << "\"";
     for (auto& [k, v] : r.shape.extra) f << ", \"" << k << "\": " << num(v);
-    f << ", \"time_s\": " << num(r.time_s) << ", \"gflops\": " << num(r.gflops)
+    f << ", \"time_s\": " << num(r.time_s) << ", \"cpu_s\": " << num(r.cpu_s)
+      << ", \"gflops_per_core_cpu\": " << num(r.gflops_per_core) << ", \"gflops\": " << num(r.gflops)
       << ", \"frac_sgemm\": " << num(r.frac_sgemm) << ", \"peak_bytes\": " << num(r.peak_bytes)
       << ", \"beyond_outputs_bytes\": " << num(r.beyond_outputs_bytes) << ", \"times\": [";
     for (size_t j = 0; j < r.times.size(); ++j) f << (j ? ", " : "") << num(r.times[j]);
@@ -310,6 +324,7 @@ int run_bench(const Args& args) {
               if (flops > 0) {
                 r.gflops = flops / r.time_s / 1e9;
                 r.frac_sgemm = r.gflops / sgemm;
+                r.gflops_per_core = flops / r.cpu_s / 1e9;
               }
             } catch (const std::exception& e) {
               r.skipped = std::string("error: ") + e.what();
@@ -320,6 +335,8 @@ int run_bench(const Args& args) {
           if (r.skipped.empty())
             std::cout << fmt(r.time_s * 1e3, 2) << " ms"
                       << (std::isfinite(r.gflops) ? ", " + fmt(r.gflops, 1) + " GFLOP/s" : "")
+                      << ", cpu " << fmt(r.cpu_s * 1e3, 0) << " ms"
+                      << (std::isfinite(r.gflops_per_core) ? " (" + fmt(r.gflops_per_core, 1) + " GFLOP/s per core-second)" : "")
                       << ", peak " << fmt(r.peak_bytes / (1 << 20), 0) << " MiB\n";
           else
             std::cout << "skipped: " << r.skipped << "\n";
