@@ -5,7 +5,7 @@
 #include <initializer_list>
 
 #include "kernels/common/blas.h"
-#include "kernels/kernelized_attention/vec_exp.h"
+#include "kernels/common/vec_exp.h"
 
 namespace longattn::kernels {
 

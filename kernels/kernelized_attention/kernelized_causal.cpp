@@ -20,7 +20,7 @@
 
 #include "kernels/common/blas.h"
 #include "kernels/kernelized_attention/head.h"
-#include "kernels/kernelized_attention/vec_exp.h"
+#include "kernels/common/vec_exp.h"
 
 namespace longattn::kernels::kernelized_detail {
 namespace {

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/common/vec_exp.h"
 #include "kernels/shatter/shatter.h"
 
 namespace longattn::kernels::shatter_detail {
@@ -16,29 +17,7 @@ namespace longattn::kernels::shatter_detail {
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 128;
 
-// exp that the compiler vectorises (std::exp does not without -ffast-math): Cody-Waite
-// reduction to r in [-ln2/2, ln2/2] and a degree-7 Taylor polynomial (truncation error
-// < 5e-9 relative, below float rounding). Inputs below -87 give exactly 0, so -inf works.
-inline float vexp(float x) {
-  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;           // xc - n ln2
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  return x < -87.0f ? 0.0f : p * two_n;
-}
-// Double is what gradient checks use; accuracy over speed.
-inline double vexp(double x) { return std::exp(x); }
-
+// vexp: the shared vectorisable exp (kernels/common/vec_exp.h).
 template <class T>
 inline T sigmoid(T x) {
   return T(1) / (T(1) + vexp(-x));
