@@ -112,7 +112,7 @@ int train_command(int argc, char** argv) {
     Args a(argc, argv, {"resume", "quiet"},
            {"task", "task-options", "attention", "fastrpb", "layers", "dim", "heads", "ffn", "dropout", "positions",
             "pooling", "steps", "batch", "lr", "warmup", "weight-decay", "clip", "eval-every", "log-every", "threads",
-            "seed", "out", "stop-after", "eval-limit"});
+            "seed", "out", "stop-after", "eval-limit", "bucket"});
     TrainConfig c;
     c.model.attention = a.get("attention", "softmax");
     c.model.fastrpb = a.get("fastrpb", "none");
@@ -125,6 +125,8 @@ int train_command(int argc, char** argv) {
     c.model.pooling = a.get("pooling", "mean");
     c.steps = a.get_int("steps", 1000);
     c.batch = a.get_int("batch", 32);
+    c.bucket = a.get_int("bucket", 1);
+    if (c.bucket < 1) throw std::invalid_argument("--bucket must be >= 1 (batches per length-sorted pool; 1: off)");
     c.lr = a.get_double("lr", 1e-3);
     c.warmup = a.get_int("warmup", 100);
     c.weight_decay = a.get_double("weight-decay", 0.01);

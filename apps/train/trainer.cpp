@@ -2,8 +2,10 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 #include <sstream>
 
 #include "apps/data/order.h"
@@ -105,6 +107,13 @@ void fit_model_to_data(nn::ModelConfig& m, const data::Splits& s) {
   m.max_len = longest + (m.pooling == "cls" ? 1 : 0);
 }
 
+static std::vector<int64_t> example_lengths(const data::Dataset& ds) {
+  std::vector<int64_t> len(ds.size());
+  for (size_t i = 0; i < ds.size(); ++i)
+    len[i] = int64_t(std::max(ds.examples[i].tokens.size(), ds.examples[i].tokens2.size()));
+  return len;
+}
+
 EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batch) {
   torch::NoGradGuard no_grad;
   const bool was_training = model->is_training();
@@ -112,9 +121,13 @@ EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batc
   EvalResult r;
   double loss_sum = 0;
   int64_t correct = 0;
+  // Batches of similar lengths pad less; the metrics are sums over examples, so the order is free.
+  const std::vector<int64_t> len = example_lengths(ds);
+  std::vector<size_t> by_length(ds.size());
+  std::iota(by_length.begin(), by_length.end(), size_t(0));
+  std::stable_sort(by_length.begin(), by_length.end(), [&](size_t x, size_t y) { return len[x] < len[y]; });
   for (size_t start = 0; start < ds.size(); start += size_t(batch)) {
-    std::vector<size_t> idx;
-    for (size_t i = start; i < std::min(ds.size(), start + size_t(batch)); ++i) idx.push_back(i);
+    std::vector<size_t> idx(by_length.begin() + long(start), by_length.begin() + long(std::min(ds.size(), start + size_t(batch))));
     auto t = to_tensors(data::make_batch(ds, idx, batch_options(model->config())));
     auto logits = model->forward(t.tokens, t.mask, t.tokens2, t.mask2);
     loss_sum += torch::nn::functional::cross_entropy(logits, t.labels,
@@ -192,7 +205,8 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
   if (cfg.resume && !cfg.quiet)
     progress.line("resumed at step " + std::to_string(step) + "; " + std::to_string(res.threads) + " threads");
 
-  data::EpochOrder order(splits.train.size(), cfg.batch, cfg.seed);
+  data::EpochOrder order(splits.train.size(), cfg.batch, cfg.seed, cfg.bucket,
+                         cfg.bucket > 1 ? example_lengths(splits.train) : std::vector<int64_t>{});
   const data::BatchOptions bopt = batch_options(mc);
   model->train();
   const auto t0 = Clock::now();

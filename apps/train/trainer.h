@@ -15,6 +15,7 @@ struct TrainConfig {
   nn::ModelConfig model;   // vocab_size, num_classes, max_len, paired, height, width come from the data
   int64_t steps = 1000;
   int64_t batch = 32;
+  int64_t bucket = 1;        // length bucketing: batches per length-sorted pool (data::EpochOrder); 1: off
   double lr = 1e-3;
   int64_t warmup = 100;
   double weight_decay = 0.01;

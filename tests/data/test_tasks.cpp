@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 #include <string>
 
@@ -27,6 +28,46 @@ TEST(EpochOrder, EpochsArePermutationsAndAFreshObjectResumesExactly) {
   for (int64_t s = 23; s < 35; ++s) EXPECT_EQ(b.batch(s), seen[size_t(s)]);
   EpochOrder small(3, 8, 1);  // fewer examples than a batch: every step is the whole split
   EXPECT_EQ(small.batch(5).size(), 3u);
+}
+
+TEST(EpochOrder, BucketingKeepsEpochsWholeAndPadsLess) {
+  const size_t n = 1000;
+  const int64_t batch = 10;
+  std::vector<int64_t> len(n);
+  for (size_t i = 0; i < n; ++i) len[i] = int64_t((i * 7919) % 997) + 1;  // lengths unrelated to the index
+  EpochOrder plain(n, batch, 4), bucketed(n, batch, 4, 8, len);
+  EXPECT_EQ(plain.batch(0), EpochOrder(n, batch, 4, 1, len).batch(0));  // bucket 1 is the plain order
+  int64_t padded_plain = 0, padded_bucketed = 0;
+  std::vector<std::vector<size_t>> seen;
+  for (int64_t s = 0; s < 2 * plain.steps_per_epoch(); ++s) {
+    seen.push_back(bucketed.batch(s));
+    auto longest = [&](const std::vector<size_t>& b) {
+      int64_t m = 0;
+      for (size_t i : b) m = std::max(m, len[i]);
+      return m * int64_t(b.size());
+    };
+    padded_plain += longest(plain.batch(s));
+    padded_bucketed += longest(seen.back());
+  }
+  for (int epoch = 0; epoch < 2; ++epoch) {  // every example once per epoch, in full batches
+    std::set<size_t> distinct;
+    for (int64_t k = 0; k < 100; ++k) {
+      EXPECT_EQ(seen[size_t(epoch * 100 + k)].size(), size_t(batch));
+      for (size_t i : seen[size_t(epoch * 100 + k)]) distinct.insert(i);
+    }
+    EXPECT_EQ(distinct.size(), n) << "epoch " << epoch;
+  }
+  // A pool of 80 sorted lengths cut into 8 batches: each batch spans about 1/8 of the range, so the
+  // padded total falls far below random batches' (whose maximum of 10 is near the top of the range).
+  EXPECT_LT(double(padded_bucketed), 0.75 * double(padded_plain));
+  // Batches are not visited in length order: some step's longest exceeds the next step's.
+  int descents = 0;
+  for (size_t s = 1; s < 100; ++s) descents += len[seen[s].back()] < len[seen[s - 1].back()];
+  EXPECT_GT(descents, 20);
+  EpochOrder resumed(n, batch, 4, 8, len);  // a fresh object from step 137 on: the same batches
+  for (int64_t s = 137; s < 200; ++s) EXPECT_EQ(resumed.batch(s), seen[size_t(s)]);
+  EXPECT_THROW(EpochOrder(n, batch, 4, 0, len), std::invalid_argument);
+  EXPECT_THROW(EpochOrder(n, batch, 4, 8, std::vector<int64_t>(3)), std::invalid_argument);
 }
 
 TEST(Tasks, DetectIsLabelledByItsMarker) {
