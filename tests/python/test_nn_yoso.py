@@ -35,6 +35,20 @@ def test_eval_is_deterministic_and_training_draws_fresh_hashes():
     assert torch.equal(again(q, k, v), a)
 
 
+def test_state_dict_carries_the_hash_generator():
+    layer = YOSOAttention(num_heads=4, hash_bits=4, num_hashes=4, seed=7).train()
+    q, k, v = qkv()
+    for _ in range(3):
+        layer(q, k, v)
+    saved = layer.state_dict()
+    expected = layer(q, k, v)  # the call after the checkpoint
+    restored = YOSOAttention(num_heads=4, hash_bits=4, num_hashes=4, seed=123).train()
+    restored.load_state_dict(saved)
+    assert torch.equal(restored(q, k, v), expected)
+    fresh = YOSOAttention(num_heads=4, hash_bits=4, num_hashes=4, seed=7).train()
+    assert not torch.equal(fresh(q, k, v), expected)  # the generator had moved on
+
+
 def test_conv_variant_adds_depthwise_conv_of_masked_values():
     layer = YOSOAttention(num_heads=4, hash_bits=3, num_hashes=4, conv_window=5).eval()
     q, k, v = qkv()

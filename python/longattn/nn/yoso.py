@@ -18,7 +18,9 @@ class YOSOAttention(nn.Module):
 
     Hashing: in training mode every call draws fresh hash functions (a new seed from a
     ``torch.Generator`` seeded with ``seed``), so successive steps see independent estimates;
-    in eval mode every call uses ``seed`` itself, so evaluation is deterministic.
+    in eval mode every call uses ``seed`` itself, so evaluation is deterministic. The
+    generator's state travels in ``state_dict()`` (as the module's extra state), so a model
+    restored from a checkpoint goes on with the hashes an uninterrupted run would have drawn.
     ``use_expectation=True`` uses YOSO-E (O(N²), no hashing) instead.
 
     The backward through the LSH estimate is the paper's surrogate, not the true gradient
@@ -45,6 +47,15 @@ class YOSOAttention(nn.Module):
         return (f"num_heads={self.num_heads}, hash_bits={self.hash_bits}, "
                 f"num_hashes={self.num_hashes}, hashing={self.hashing!r}, "
                 f"use_expectation={self.use_expectation}, seed={self.seed}")
+
+    def get_extra_state(self):
+        return {"generator_state": self._generator.get_state()}
+
+    def set_extra_state(self, state):
+        if not isinstance(state, dict) or "generator_state" not in state:
+            raise ValueError("YOSOAttention.set_extra_state: expected a dict with 'generator_state' "
+                             f"(as get_extra_state() returns), got {type(state).__name__}")
+        self._generator.set_state(state["generator_state"])
 
     def next_seed(self):
         """The seed of this call: fresh from the generator in training, ``seed`` in eval."""
