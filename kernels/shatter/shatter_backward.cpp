@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "kernels/common/blas.h"
+#include "kernels/common/block_gemm.h"
 #include "kernels/common/parallel.h"
 #include "kernels/shatter/shatter.h"
 #include "kernels/shatter/shatter_tile.h"
@@ -30,7 +30,17 @@ int64_t lanes_for(int64_t B, int64_t nkb) {
 template <class T>
 struct BackwardScratch {
   std::vector<T> a, da, dap, w;
-  BackwardScratch() : a(kBlockQ * kBlockK), da(kBlockQ * kBlockK), dap(kBlockQ * kBlockK), w(kBlockQ * kBlockK) {}
+  // The key block's k and v_p transposed ([D][nk], [P][Dv][nk]), the B operands of the score
+  // GEMMs; packed once per key block and shared by its query blocks.
+  std::vector<T> kt, vt;
+  BackwardScratch(int64_t D, int64_t Dv, int64_t P)
+      : a(kBlockQ * kBlockK), da(kBlockQ * kBlockK), dap(kBlockQ * kBlockK), w(kBlockQ * kBlockK),
+        kt(D * kBlockK), vt(P * Dv * kBlockK) {}
+  void pack_key_block(const ShatterParams<T>& p, int64_t b, int64_t j0, int64_t nk) {
+    pack_transposed(p.k.row(b, 0, j0), p.k.sn, nk, p.q.D, kt.data());
+    for (int64_t pp = 0; pp < p.v.H; ++pp)
+      pack_transposed(p.v.row(b, pp, j0), p.v.sn, nk, p.v.D, vt.data() + pp * p.v.D * nk);
+  }
 };
 
 template <class T>
@@ -72,13 +82,13 @@ void backward_tile(const ShatterParams<T>& p, const ShatterGrads<T>& g, const T*
                    int64_t j0, int64_t nk, BackwardScratch<T>& sc, const LaneOut<T>& lane) {
   const int64_t N = p.q.N, D = p.q.D, Dv = p.v.D, P = p.v.H, R = 2 * N - 1;
   const T* gq = g.grad_out.row(b, 0, i0);
-  gemm(false, true, nq, nk, D, T(p.scale), p.q.row(b, 0, i0), p.q.sn, p.k.row(b, 0, j0), p.k.sn,
-       T(0), sc.a.data(), nk);
+  block_gemm(nq, nk, D, T(p.scale), p.q.row(b, 0, i0), p.q.sn, 1, sc.kt.data(), nk, false,
+             sc.a.data(), nk);
   recompute_weights(p, lse_b, mask_b, i0, nq, j0, nk, sc.a.data());
   for (int64_t pp = 0; pp < P; ++pp) {
     // dap = g V_pᵀ: the "dA" this stream alone would give.
-    gemm(false, true, nq, nk, Dv, T(1), gq, g.grad_out.sn, p.v.row(b, pp, j0), p.v.sn, T(0),
-         sc.dap.data(), nk);
+    block_gemm(nq, nk, Dv, T(1), gq, g.grad_out.sn, 1, sc.vt.data() + pp * Dv * nk, nk, false,
+               sc.dap.data(), nk);
     const T* part = p.partition + pp * p.partition_stride_p + (j0 - i0 + N - 1);
     T* dpart = lane.dpart + pp * R + (j0 - i0 + N - 1);
     for (int64_t ii = 0; ii < nq; ++ii) {
@@ -97,8 +107,8 @@ void backward_tile(const ShatterParams<T>& p, const ShatterGrads<T>& g, const T*
         w[jj] = a[jj] * pr[jj];
       }
     }
-    gemm(true, false, nk, Dv, nq, T(1), sc.w.data(), nk, gq, g.grad_out.sn, T(1),
-         g.grad_v.row(b, pp, j0), g.grad_v.sn);
+    block_gemm(nk, Dv, nq, T(1), sc.w.data(), 1, nk, gq, g.grad_out.sn, true,
+               g.grad_v.row(b, pp, j0), g.grad_v.sn);
   }
   // dS into da (scale folded in here, once).
   const T scale = T(p.scale);
@@ -112,10 +122,10 @@ void backward_tile(const ShatterParams<T>& p, const ShatterGrads<T>& g, const T*
       for (int64_t jj = 0; jj < nk; ++jj) ds[jj] = scale * ds[jj] * a[jj] * (T(1) - a[jj]);
     }
   }
-  gemm(false, false, nq, D, nk, T(1), sc.da.data(), nk, p.k.row(b, 0, j0), p.k.sn, T(1),
-       lane.dq + i0 * lane.dq_sn, lane.dq_sn);
-  gemm(true, false, nk, D, nq, T(1), sc.da.data(), nk, p.q.row(b, 0, i0), p.q.sn, T(1),
-       g.grad_k.row(b, 0, j0), g.grad_k.sn);
+  block_gemm(nq, D, nk, T(1), sc.da.data(), nk, 1, p.k.row(b, 0, j0), p.k.sn, true,
+             lane.dq + i0 * lane.dq_sn, lane.dq_sn);
+  block_gemm(nk, D, nq, T(1), sc.da.data(), 1, nk, p.q.row(b, 0, i0), p.q.sn, true,
+             g.grad_k.row(b, 0, j0), g.grad_k.sn);
 }
 
 template <class T>
@@ -155,7 +165,7 @@ void shatter_backward(const ShatterParams<T>& p, const ShatterGrads<T>& g) {
     const uint8_t* mask_b = p.key_padding_mask ? p.key_padding_mask + b * p.mask_stride_b : nullptr;
     LaneOut<T> lane{l == 0 ? g.grad_q.row(b, 0, 0) : dq_extra.data() + (b * (L - 1) + l - 1) * N * D,
                     l == 0 ? g.grad_q.sn : D, dpart.data() + (b * L + l) * P * R};
-    BackwardScratch<T> sc;
+    BackwardScratch<T> sc(D, Dv, P);
     for (int64_t kb = l; kb < nkb; kb += L) {
       const int64_t j0 = kb * kBlockK, nk = std::min(kBlockK, N - j0);
       zero_rows(g.grad_k, b, 0, j0, nk);
@@ -165,6 +175,7 @@ void shatter_backward(const ShatterParams<T>& p, const ShatterGrads<T>& g) {
       if (!any) continue;
       // Causal: query blocks that end before j0 see none of these keys.
       const int64_t i_begin = p.causal ? (j0 / kBlockQ) * kBlockQ : 0;
+      sc.pack_key_block(p, b, j0, nk);
       for (int64_t i0 = i_begin; i0 < N; i0 += kBlockQ)
         backward_tile(p, g, softmax ? g.lse + b * N : nullptr, softmax ? delta.data() + b * N : nullptr,
                       mask_b, b, i0, std::min(kBlockQ, N - i0), j0, nk, sc, lane);

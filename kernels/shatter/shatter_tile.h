@@ -17,6 +17,14 @@ namespace longattn::kernels::shatter_detail {
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 128;
 
+// out[c][r] = x[r * sn + c] for r < n, c < d: a block of rows transposed into a GEMM's B
+// operand (kernels/common/block_gemm.h reads B row-major), once per tile.
+template <class T>
+inline void pack_transposed(const T* x, int64_t sn, int64_t n, int64_t d, T* out) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < d; ++c) out[c * n + r] = x[r * sn + c];
+}
+
 // vexp: the shared vectorisable exp (kernels/common/vec_exp.h).
 template <class T>
 inline T sigmoid(T x) {

@@ -13,7 +13,7 @@
 
 #include "kernels/common/parallel.h"
 #include "kernels/common/simd.h"
-#include "kernels/softmax_attention/block_gemm.h"
+#include "kernels/common/block_gemm.h"
 #include "kernels/softmax_attention/softmax_attention.h"
 #include "kernels/softmax_attention/tiles.h"
 
@@ -132,7 +132,7 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
                                     p.causal};
         sa::score_tile(St, ld, t, in, sa::ScoreOutputs<T>{nullptr, lse2 + i0, nullptr});  // P^T
         // dV[j, :] += sum_i P[i, j] dO[i, :]
-        sa::block_gemm(nj, Dv, ni, T(1), St, ld, 1, g.grad_out.row(b, h, i0), g.grad_out.sn, true,
+        block_gemm(nj, Dv, ni, T(1), St, ld, 1, g.grad_out.row(b, h, i0), g.grad_out.sn, true,
                        dv, g.grad_v.sn);
         sa::grad_score_tile(dSt, ld, t, v, p.v.sn, dOt, Dv, St, Di + i0);  // dS^T
         if (rdb)  // (i, j) feeds the bias at j - i + N - 1, reversed: i - j + N - 1
@@ -142,9 +142,9 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
             for (int64_t c = 0; c < ni; ++c) db[c] += ds[c];
           }
         // dK[j, :] += scale * sum_i dS[i, j] Q[i, :];  dQ[i, :] += scale * sum_j dS[i, j] K[j, :]
-        sa::block_gemm(nj, D, ni, scale, dSt, ld, 1, p.q.row(b, h, i0), p.q.sn, true, dk,
+        block_gemm(nj, D, ni, scale, dSt, ld, 1, p.q.row(b, h, i0), p.q.sn, true, dk,
                        g.grad_k.sn);
-        sa::block_gemm(ni, D, nj, scale, dSt, 1, ld, k, p.k.sn, true, dq + i0 * dq_ld, dq_ld);
+        block_gemm(ni, D, nj, scale, dSt, 1, ld, k, p.k.sn, true, dq + i0 * dq_ld, dq_ld);
       }
     }
   });

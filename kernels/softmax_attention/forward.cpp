@@ -13,7 +13,7 @@
 
 #include "kernels/common/parallel.h"
 #include "kernels/common/simd.h"
-#include "kernels/softmax_attention/block_gemm.h"
+#include "kernels/common/block_gemm.h"
 #include "kernels/softmax_attention/softmax_attention.h"
 #include "kernels/softmax_attention/tiles.h"
 
@@ -94,7 +94,7 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
         for (int64_t c = 0; c < ni; ++c) fits &= sum[c] <= T(kMaxTileSum);
         if (fits) {
           for (int64_t c = 0; c < ni; ++c) l[c] += sum[c];
-          sa::block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, v, p.v.sn, true, O, Dv);
+          block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, v, p.v.sn, true, O, Dv);
           continue;
         }
       }
@@ -119,7 +119,7 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
       }
       simd::exp2_columns(St, ld, t.nj, ni, shift, l);
       // O[i, :] += sum_j P[i, j] V[j, :], reading P through the transposed tile.
-      sa::block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, v, p.v.sn, true, O, Dv);
+      block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, v, p.v.sn, true, O, Dv);
     }
 
     T* lse_row = lse + (b * H + h) * Nq;

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "kernels/common/simd.h"
-#include "kernels/softmax_attention/block_gemm.h"
+#include "kernels/common/block_gemm.h"
 #include "kernels/softmax_attention/softmax_attention.h"
 
 namespace longattn::kernels::softmax_attention_detail {

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/softmax_attention/block_gemm.h"
+#include "kernels/common/block_gemm.h"
 #include "kernels/softmax_attention/softmax_attention.h"
 #include "reference.h"
 
@@ -371,7 +371,7 @@ void check_block_gemm() {
                   s += double(trans_a ? A[p * lda + i] : A[i * lda + p]) * double(Bm[p * ldb + j]);
                 want[i * ldc + j] = T(0.5 * s + (acc ? double(C[i * ldc + j]) : 0.0));
               }
-            longattn::kernels::softmax_attention_detail::block_gemm(
+            longattn::kernels::block_gemm(
                 m, n, k, T(0.5), A.data(), trans_a ? 1 : lda, trans_a ? lda : 1, Bm.data(), ldb,
                 acc, C.data(), ldc);
             // k <= 9 products of unit normals: float rounding stays below 1e-5.

@@ -1,4 +1,4 @@
-// The small GEMM of the attention tiles: C[m x n] = alpha * A B (+ C), single-threaded, no
+// The small GEMM of the attention tiles (softmax attention, Shatter): C[m x n] = alpha * A B (+ C), single-threaded, no
 // allocation, safe to call from many threads at once.
 //
 // Why not kernels::gemm (OpenBLAS): on this machine (AMD EPYC, full-width AVX-512) OpenBLAS 0.3.21
@@ -15,7 +15,7 @@
 
 #include "kernels/common/simd.h"
 
-namespace longattn::kernels::softmax_attention_detail {
+namespace longattn::kernels {
 
 // Portable version (double, and float without AVX-512): the innermost loop runs over n,
 // contiguous in B and C, so the compiler vectorises it.
@@ -146,4 +146,4 @@ inline void block_gemm(int64_t m, int64_t n, int64_t k, double alpha, const doub
   block_gemm_generic(m, n, k, alpha, A, a_rs, a_cs, B, ldb, accumulate, C, ldc);
 }
 
-}  // namespace longattn::kernels::softmax_attention_detail
+}  // namespace longattn::kernels
