@@ -67,10 +67,10 @@ EncoderImpl::EncoderImpl(const ModelConfig& c) : c_(c) {
     attns_->push_back(MultiHeadAttention(spec));
     ffn_norms_->push_back(torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim})));
     ffns_->push_back(torch::nn::Sequential(torch::nn::Linear(c.dim, c.ffn), torch::nn::GELU(),
-                                           torch::nn::Dropout(c.dropout), torch::nn::Linear(c.ffn, c.dim)));
+                                           Dropout(c.dropout), torch::nn::Linear(c.ffn, c.dim)));
   }
   final_norm_ = register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim})));
-  drop_ = register_module("drop", torch::nn::Dropout(c.dropout));
+  drop_ = register_module("drop", Dropout(c.dropout));
 }
 
 torch::Tensor EncoderImpl::forward(const torch::Tensor& tokens, const torch::Tensor& mask) {

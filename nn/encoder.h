@@ -11,6 +11,7 @@
 #include <string>
 
 #include "nn/attention.h"
+#include "nn/dropout.h"
 
 namespace longattn::nn {
 
@@ -48,7 +49,7 @@ class EncoderImpl : public torch::nn::Module {
   torch::Tensor positions_;
   torch::nn::ModuleList attn_norms_, attns_, ffn_norms_, ffns_;
   torch::nn::LayerNorm final_norm_{nullptr};
-  torch::nn::Dropout drop_{nullptr};
+  Dropout drop_{nullptr};
 };
 TORCH_MODULE(Encoder);
 

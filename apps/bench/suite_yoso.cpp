@@ -27,7 +27,7 @@ int64_t hash_bits(const Shape& s) {
 }
 int64_t num_hashes(const Shape& s) { return int64_t(s.get("num_hashes", 32)); }
 
-Runner finish(const Shape& s, Inputs in, std::function<at::Tensor(const Inputs&)> f) {
+Runner finish(const Shape&, Inputs in, std::function<at::Tensor(const Inputs&)> f) {
   Runner r;
   r.forward = [in, f] { f(in); };
   r.forward_backward = [in, f] {

@@ -37,6 +37,7 @@ int run_info(const Args& args) {
   }
   std::cout << "  torch: " << TORCH_VERSION << "\n"
             << "  threads: " << at::get_num_threads() << " (torch intra-op; longattn kernels use the same)\n"
+            << "  allocator: " << LONGATTN_ALLOCATOR << " (this tool's process)\n"
             << "  cpu: AVX2 " << (f.avx2 ? "yes" : "no") << ", FMA " << (f.fma ? "yes" : "no")
             << ", AVX-512 " << (f.avx512f ? "yes" : "no") << "\n";
   return 0;

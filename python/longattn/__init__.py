@@ -22,9 +22,10 @@ from ._toeplitz import toeplitz_matmul, toeplitz_matmul_2d  # noqa: E402
 from ._kernelized_rpe import kernelized_rpe_attention  # noqa: E402
 from ._shatter import shatter_attention  # noqa: E402
 from ._yoso import yoso_attention, yoso_expectation  # noqa: E402
+from ._dropout import dropout  # noqa: E402
 from ._info import info  # noqa: E402
 from . import nn  # noqa: E402
 
 __all__ = ["softmax_attention", "kernelized_attention", "random_features", "toeplitz_matmul",
            "toeplitz_matmul_2d", "kernelized_rpe_attention", "shatter_attention", "yoso_attention",
-           "yoso_expectation", "nn", "info"]
+           "yoso_expectation", "dropout", "nn", "info"]

@@ -6,3 +6,4 @@
 #include "longattn/kernelized_rpe.h"
 #include "longattn/shatter.h"
 #include "longattn/yoso.h"
+#include "longattn/dropout.h"

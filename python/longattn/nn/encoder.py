@@ -17,6 +17,7 @@ from .._kernelized import kernelized_attention, random_features
 from .._kernelized_rpe import kernelized_rpe_attention
 from .._shatter import shatter_attention
 from .._softmax import softmax_attention
+from .dropout import Dropout
 from .fast_rpb import FastRPB
 from .shatter import ShatterPartition
 from .yoso import YOSOAttention
@@ -255,10 +256,10 @@ class Encoder(nn.Module):
             self.attn_norms.append(nn.LayerNorm(c.dim))
             self.attns.append(MultiHeadAttention(spec))
             self.ffn_norms.append(nn.LayerNorm(c.dim))
-            self.ffns.append(nn.Sequential(nn.Linear(c.dim, c.ffn), nn.GELU(), nn.Dropout(c.dropout),
+            self.ffns.append(nn.Sequential(nn.Linear(c.dim, c.ffn), nn.GELU(), Dropout(c.dropout),
                                            nn.Linear(c.ffn, c.dim)))
         self.final_norm = nn.LayerNorm(c.dim)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
 
     def forward(self, tokens, mask):
         """tokens [B, N] int64, mask [B, N] bool -> [B, N, dim]"""

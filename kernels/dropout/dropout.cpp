@@ -1,0 +1,58 @@
+#include "kernels/dropout/dropout.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/common/parallel.h"
+
+namespace longattn::kernels {
+namespace {
+
+inline uint64_t splitmix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+constexpr int64_t kGrain = int64_t(1) << 16;  // elements per work item (a multiple of 4)
+
+// Calls f(i, keep) for i in [begin, end), begin a multiple of 4.
+template <class F>
+inline void for_each_keep(uint64_t seed, uint32_t t, int64_t begin, int64_t end, F&& f) {
+  for (int64_t g = begin; g < end; g += 4) {
+    const uint64_t h = splitmix64(seed + uint64_t(g / 4 + 1) * kGolden);
+    const int64_t lanes = std::min<int64_t>(4, end - g);
+    for (int64_t l = 0; l < lanes; ++l) f(g + l, uint32_t((h >> (16 * l)) & 0xFFFF) >= t);
+  }
+}
+
+}  // namespace
+
+uint32_t dropout_threshold(double p) { return uint32_t(std::lround(p * 65536.0)); }
+
+double dropout_scale(double p) {
+  const uint32_t t = dropout_threshold(p);
+  return t >= 65536 ? 0.0 : 65536.0 / double(65536 - t);
+}
+
+template <class T>
+void dropout_apply(const DropoutParams& p, const T* x, T* out, int64_t n) {
+  const uint32_t t = dropout_threshold(p.p);
+  const T scale = T(dropout_scale(p.p));
+  const int64_t items = (n + kGrain - 1) / kGrain;
+  parallel_for(items, items > 1 ? p.threads : 1, [&](int64_t item) {
+    const int64_t b = item * kGrain, e = std::min(n, b + kGrain);
+    for_each_keep(p.seed, t, b, e, [&](int64_t i, bool keep) { out[i] = keep ? x[i] * scale : T(0); });
+  });
+}
+
+void dropout_mask(const DropoutParams& p, uint8_t* keep, int64_t n) {
+  const uint32_t t = dropout_threshold(p.p);
+  for_each_keep(p.seed, t, 0, n, [&](int64_t i, bool k) { keep[i] = k; });
+}
+
+template void dropout_apply<float>(const DropoutParams&, const float*, float*, int64_t);
+template void dropout_apply<double>(const DropoutParams&, const double*, double*, int64_t);
+
+}  // namespace longattn::kernels

@@ -1,0 +1,78 @@
+// torch binding of the counter-based dropout.
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <string>
+
+#include "kernels/dropout/dropout.h"
+#include "longattn/dropout.h"
+#include "ops/checks.h"
+
+namespace longattn::ops {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+at::Tensor dropout_apply(const at::Tensor& x, double p, int64_t seed) {
+  at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  if (y.numel() == 0) return y;
+  kernels::DropoutParams dp{p, uint64_t(seed), at::get_num_threads()};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dropout", [&] {
+    kernels::dropout_apply<scalar_t>(dp, xc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), y.numel());
+  });
+  return y;
+}
+
+class DropoutFunction : public torch::autograd::Function<DropoutFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, double p, int64_t seed) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("longattn::_dropout_apply", "")
+                         .typed<decltype(dropout_apply)>();
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["seed"] = seed;
+    return op.call(x, p, seed);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    // The map is linear and diagonal: its adjoint is itself, with the same mask.
+    return {longattn::dropout(grads[0], ctx->saved_data["p"].toDouble(), ctx->saved_data["seed"].toInt()),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor dropout_impl(const at::Tensor& x, double p, int64_t seed) {
+  constexpr const char* op = "dropout";
+  check_float_dtype(op, "x", x);
+  if (!x.device().is_cpu())
+    fail(op, "only CPU tensors are supported in this build, got " + x.device().str());
+  if (!(p >= 0.0 && p < 1.0)) fail(op, "p must be in [0, 1), got " + std::to_string(p));
+  return DropoutFunction::apply(x, p, seed);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(longattn, m) {
+  m.def("dropout(Tensor x, float p, int seed) -> Tensor");
+  m.def("_dropout_apply(Tensor x, float p, int seed) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(longattn, CPU, m) { m.impl("_dropout_apply", dropout_apply); }
+
+TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) { m.impl("dropout", dropout_impl); }
+
+}  // namespace longattn::ops
+
+namespace longattn {
+
+at::Tensor dropout(const at::Tensor& x, double p, int64_t seed) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("longattn::dropout", "")
+                       .typed<at::Tensor(const at::Tensor&, double, int64_t)>();
+  return op.call(x, p, seed);
+}
+
+}  // namespace longattn

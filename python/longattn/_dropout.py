@@ -1,0 +1,14 @@
+import torch
+
+__all__ = ["dropout"]
+
+
+def dropout(x, p, seed):
+    """x * keep / (1 - p) with a counter-based mask: keep depends only on (seed, element index),
+    so nothing is stored for the backward and the result is the same on any thread count.
+
+    The drop probability is p rounded to a multiple of 2^-16 and kept elements are scaled by the
+    inverse of the rounded keep probability, so E[y] = x exactly. Always applies (the module
+    ``longattn.nn.Dropout`` is the identity in eval mode). Differentiable in x.
+    """
+    return torch.ops.longattn.dropout(x, float(p), int(seed))
