@@ -38,3 +38,22 @@ TEST(CppApi, BadShapeRaisesWithExpectedAndGiven) {
         << msg;
   }
 }
+
+TEST(CppApi, DropoutGradientIsTheForwardMask) {
+  auto x = torch::randn({4, 257}, torch::kFloat64).requires_grad_();
+  auto y = longattn::dropout(x, 0.25, 17);
+  auto g = torch::autograd::grad({y.sum()}, {x})[0];
+  // Where kept, y = x * scale and the gradient is scale; where dropped, both are zero.
+  auto kept = y.ne(0);
+  EXPECT_TRUE(torch::allclose(y.masked_select(kept), (x * g).masked_select(kept)));
+  EXPECT_TRUE(g.masked_select(kept.logical_not()).eq(0).all().item<bool>());
+  EXPECT_TRUE(torch::equal(longattn::dropout(x, 0.25, 17), y));
+  try {
+    longattn::dropout(x, -0.5, 0);
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("longattn.dropout: p must be in [0, 1), got -0.5"),
+              std::string::npos)
+        << e.what_without_backtrace();
+  }
+}
