@@ -1,5 +1,6 @@
 #include "bench/memory.h"
 
+#include <dlfcn.h>
 #include <malloc.h>
 
 #include <cstdio>
@@ -22,7 +23,8 @@ int64_t status_field_kib(const char* field) {
 }  // namespace
 
 void memory_tracking_init() {
-  // A fixed threshold also stops glibc from raising it dynamically after frees.
+  // glibc (when the tool is built without tcmalloc): a fixed threshold also stops glibc from
+  // raising it dynamically after frees.
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
 }
@@ -39,6 +41,11 @@ bool peak_reset_supported() {
 
 void reset_peak() {
   malloc_trim(0);
+  // The tool links tcmalloc (apps/CMakeLists.txt), which keeps freed pages resident: without
+  // handing them back here, an operator served from that cache would show no growth at all.
+  using Release = void (*)();
+  static const auto release = reinterpret_cast<Release>(dlsym(RTLD_DEFAULT, "MallocExtension_ReleaseFreeMemory"));
+  if (release) release();
   if (FILE* f = std::fopen("/proc/self/clear_refs", "w")) {
     std::fputs("5", f);
     std::fclose(f);
