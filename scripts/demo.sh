@@ -2,10 +2,10 @@
 # The main job (`make demo`): what this build is, then three small transformers trained on
 # Fashion-MNIST as 784-token pixel sequences (Debian's dataset-fashion-mnist), one per attention:
 # exact softmax, SIKF linear attention, and SIKF + 2-D FastRPB. Each prints its progress and a
-# summary; a table compares them at the end. About 4 minutes on an idle 2-core machine.
+# summary; a table compares them at the end. About 2.5 minutes on an idle 2-core machine.
 set -euo pipefail
 build=${1:-build}
-steps=${DEMO_STEPS:-250}
+steps=${DEMO_STEPS:-1500}
 out="$build/demo"
 "$build/longattn" info --threads 2
 echo
@@ -19,7 +19,7 @@ if [ ! -f "$fmnist/train-images-idx3-ubyte.gz" ]; then
 fi
 
 echo "Task: Fashion-MNIST, 28x28 images as 784-token sequences (16 intensity levels), 10 classes (chance 10%)."
-echo "Model: 1 layer, dim 32, 2 heads, FFN 64, mean pooling; AdamW lr 3e-3, batch 32, $steps steps (8,000 images),"
+echo "Model: 1 layer, dim 32, 2 heads, FFN 64, mean pooling; AdamW lr 3e-3, batch 32, $steps steps ($((steps * 32)) images),"
 echo "2 threads. Accuracy on the first 1,000 test images."
 mkdir -p "$out"
 rows=()
