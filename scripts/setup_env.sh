@@ -37,6 +37,14 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
   # venv scripts carry absolute paths; fix them after the move
   grep -rlI "$tmp" "$venv/bin" | xargs -r sed -i "s#$tmp#$venv#g"
 fi
+# Tools of requirements-tools.txt go into the same environment, re-installed when that file
+# changes (a stamp holds its hash): a new test tool costs a small download, not a new torch.
+tools_key=$(sha256sum requirements-tools.txt | cut -c1-12)
+if [ "$(cat "$venv/.tools" 2>/dev/null)" != "$tools_key" ]; then
+  echo "[setup] installing Python tools (requirements-tools.txt)"
+  "$venv/bin/python" -m pip install -q -r requirements-tools.txt
+  echo "$tools_key" > "$venv/.tools"
+fi
 # The clone's own .venv is a thin environment (no packages of its own) that sees the shared
 # one's packages and this clone's python/ folder, so `import longattn` works from any clone.
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
