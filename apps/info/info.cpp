@@ -39,7 +39,18 @@ int run_info(const Args& args) {
             << "  threads: " << at::get_num_threads() << " (torch intra-op; longattn kernels use the same)\n"
             << "  allocator: " << LONGATTN_ALLOCATOR << " (this tool's process)\n"
             << "  cpu: AVX2 " << (f.avx2 ? "yes" : "no") << ", FMA " << (f.fma ? "yes" : "no")
-            << ", AVX-512 " << (f.avx512f ? "yes" : "no") << "\n";
+            << ", AVX-512 " << (f.avx512f ? "yes" : "no") << ", AVX-512 BF16 "
+            << (f.avx512_bf16 ? "yes" : "no") << ", AMX-BF16 " << (f.amx_bf16 ? "yes" : "no") << "\n";
+  std::string compiled, supported;
+  for (kernels::Isa l : kernels::isa_compiled()) {
+    compiled += (compiled.empty() ? "" : ", ") + std::string(kernels::isa_name(l));
+    if (kernels::isa_supported(l)) supported += (supported.empty() ? "" : ", ") + std::string(kernels::isa_name(l));
+  }
+  std::cout << "  instruction-set levels compiled: " << compiled << "\n"
+            << "  levels this CPU runs: " << supported << " (LONGATTN_ISA=<level> forces one)\n"
+            << "  level in use: " << kernels::isa_name(kernels::isa_active())
+            << (kernels::isa_active() == kernels::isa_best() ? " (the best supported)" : " (forced)")
+            << "\n";
   return 0;
 }
 

@@ -6,13 +6,16 @@
 
 namespace longattn::kernels {
 
+// The thread count a kernel uses: `threads` if positive, else OpenMP's default.
+inline int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+
 // Runs f(i) for i in [0, n) on `threads` threads (<= 0: OpenMP's default).
 // Dynamic scheduling, because the work items of attention kernels are uneven
 // (causal blocks, masked rows).
 template <class F>
 void parallel_for(int64_t n, int threads, F&& f) {
   if (n <= 0) return;
-  if (threads <= 0) threads = omp_get_max_threads();
+  threads = resolve_threads(threads);
   if (threads == 1 || n == 1) {
     for (int64_t i = 0; i < n; ++i) f(i);
     return;

@@ -1,11 +1,12 @@
 // Vectorised float32 building blocks for the kernels' inner loops: a fast exp2 and the
 // operations of a softmax over the rows or the columns of a tile (max, exp2-and-sum).
-// Three implementations chosen at compile time: AVX-512F when the build targets it, AVX2+FMA
-// otherwise, and plain scalar code. They agree to a few ulp; double-precision overloads are
+// Three implementations chosen at compile time: AVX-512F when the level's code is compiled for it
+// (kernels/CMakeLists.txt compiles each hot source once per level), AVX2+FMA, and plain scalar code. They agree to a few ulp; double-precision overloads are
 // plain loops (double is what the gradient checks use, it need not be fast).
 // exp2 returns exactly 0 for -inf and for results below the float range, so masked logits
 // (-inf) give probabilities of exactly 0.
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <cmath>
 #include <cstdint>
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -17,7 +18,9 @@
 #pragma GCC diagnostic pop
 #endif
 
-namespace longattn::kernels::simd {
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace simd {
 
 // 2^f for f in [-0.5, 0.5] as 1 + f * P(f): the minimax polynomial of Cephes' exp2f,
 // relative error below 2e-7 (about 2 ulp in float).
@@ -128,6 +131,39 @@ inline void exp2_columns(float* S, int64_t ld, int64_t rows, int64_t cols, const
                             _mm512_add_ps(_mm512_maskz_loadu_ps(k, colsum + c), _mm512_add_ps(s0, s1)));
   }
 }
+// One vector register of floats, for code written once for both vector levels (the attention
+// tile GEMM and its epilogues, kernels/common/block_gemm.h): AVX-512 here, AVX2 below. A Mask
+// says which lanes of a vector at the end of a row are real; loads give 0 elsewhere and
+// stores leave memory there untouched.
+struct VecF {
+  using Reg = __m512;
+  using Mask = __mmask16;
+  static constexpr int kLanes = 16;
+  static constexpr int kRegisters = 32;
+  static Mask full() { return Mask(0xFFFF); }
+  static Mask tail(int64_t remaining) { return tail_mask(remaining); }
+  static bool is_full(Mask m) { return m == Mask(0xFFFF); }
+  static Reg zero() { return _mm512_setzero_ps(); }
+  static Reg set1(float x) { return _mm512_set1_ps(x); }
+  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static Reg load(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, Reg x, Mask m) { _mm512_mask_storeu_ps(p, m, x); }
+  static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+  static Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
+  static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static Reg exp2(Reg x) { return simd::exp2(x); }
+  // x with lane l replaced by `value` where first + l < limit.
+  static Reg fill_below(Reg x, int64_t first, int64_t limit, float value) {
+    const __m512i lane = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first)),
+                                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                            12, 13, 14, 15));
+    const __mmask16 below = _mm512_cmplt_epi32_mask(lane, _mm512_set1_epi32(static_cast<int>(limit)));
+    return _mm512_mask_mov_ps(x, below, _mm512_set1_ps(value));
+  }
+};
+#define LONGATTN_SIMD_HAS_VECF 1
 #define LONGATTN_SIMD_HAS_COLUMN_OPS 1
 
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -218,6 +254,49 @@ inline void exp2_columns(float* S, int64_t ld, int64_t rows, int64_t cols, const
     if (colsum) colsum[c] += s;
   }
 }
+// AVX2 counterpart of VecF above (16 registers; masks are lane vectors, and full vectors take
+// plain loads and stores, which are cheaper than the masked ones).
+struct VecF {
+  using Reg = __m256;
+  struct Mask {
+    __m256i lanes;
+    bool full;
+  };
+  static constexpr int kLanes = 8;
+  static constexpr int kRegisters = 16;
+  static Mask full() { return Mask{_mm256_set1_epi32(-1), true}; }
+  static Mask tail(int64_t remaining) {
+    if (remaining >= 8) return full();
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return Mask{_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(remaining)), lane), false};
+  }
+  static bool is_full(const Mask& m) { return m.full; }
+  static Reg zero() { return _mm256_setzero_ps(); }
+  static Reg set1(float x) { return _mm256_set1_ps(x); }
+  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static Reg load(const float* p, const Mask& m) {
+    return m.full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m.lanes);
+  }
+  static void store(float* p, Reg x, const Mask& m) {
+    if (m.full)
+      _mm256_storeu_ps(p, x);
+    else
+      _mm256_maskstore_ps(p, m.lanes, x);
+  }
+  static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  static Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
+  static Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static Reg exp2(Reg x) { return simd::exp2(x); }
+  static Reg fill_below(Reg x, int64_t first, int64_t limit, float value) {
+    const __m256i lane = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first)),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i below = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(limit)), lane);
+    return _mm256_blendv_ps(x, _mm256_set1_ps(value), _mm256_castsi256_ps(below));
+  }
+};
+#define LONGATTN_SIMD_HAS_VECF 1
 #define LONGATTN_SIMD_HAS_COLUMN_OPS 1
 
 #else
@@ -279,4 +358,6 @@ inline void exp2_columns(double* S, int64_t ld, int64_t rows, int64_t cols, cons
   }
 }
 
-}  // namespace longattn::kernels::simd
+}  // namespace simd
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

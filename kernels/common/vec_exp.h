@@ -5,9 +5,11 @@
 // are 0 (exp(-inf) = 0); above the largest finite result they are capped there (the
 // kernels only evaluate exp of arguments <= 0, except elu's discarded branch).
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <cstdint>
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 
 inline float vexp(float x) {
   const float lo = -87.3f, hi = 88.3f;
@@ -46,4 +48,5 @@ inline double vexp(double x) {
   return under ? 0.0 : p * __builtin_bit_cast(double, bits);
 }
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

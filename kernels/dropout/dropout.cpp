@@ -4,24 +4,19 @@
 #include <cmath>
 
 #include "kernels/common/parallel.h"
+#include "kernels/common/random.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 namespace {
 
-inline uint64_t splitmix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
 constexpr int64_t kGrain = int64_t(1) << 16;  // elements per work item (a multiple of 4)
 
 // Calls f(i, keep) for i in [begin, end), begin a multiple of 4.
 template <class F>
 inline void for_each_keep(uint64_t seed, uint32_t t, int64_t begin, int64_t end, F&& f) {
   for (int64_t g = begin; g < end; g += 4) {
-    const uint64_t h = splitmix64(seed + uint64_t(g / 4 + 1) * kGolden);
+    const uint64_t h = splitmix64_mix(seed + uint64_t(g / 4 + 1) * kGoldenGamma);
     const int64_t lanes = std::min<int64_t>(4, end - g);
     for (int64_t l = 0; l < lanes; ++l) f(g + l, uint32_t((h >> (16 * l)) & 0xFFFF) >= t);
   }
@@ -55,4 +50,5 @@ void dropout_mask(const DropoutParams& p, uint8_t* keep, int64_t n) {
 template void dropout_apply<float>(const DropoutParams&, const float*, float*, int64_t);
 template void dropout_apply<double>(const DropoutParams&, const double*, double*, int64_t);
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

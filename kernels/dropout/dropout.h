@@ -10,6 +10,7 @@
 // is t / 65536 (p rounded to a multiple of 2^-16) and kept elements are scaled by
 // 65536 / (65536 - t), which keeps E[y] = x exactly.
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <cstdint>
 
 namespace longattn::kernels {
@@ -21,15 +22,21 @@ struct DropoutParams {
 };
 
 // The 16-bit threshold and the scale of kept elements for drop probability p.
+LONGATTN_ISA_BEGIN
 uint32_t dropout_threshold(double p);
 double dropout_scale(double p);
+LONGATTN_ISA_END
 
 // out[i] = x[i] * scale if element i is kept, else 0; n elements, contiguous. out may be x.
 // The same call on a gradient is the backward (the mask is the same).
+LONGATTN_ISA_BEGIN
 template <class T>
 void dropout_apply(const DropoutParams& p, const T* x, T* out, int64_t n);
+LONGATTN_ISA_END
 
 // keep[i] = 1 if element i is kept: the mask dropout_apply uses (for tests and inspection).
+LONGATTN_ISA_BEGIN
 void dropout_mask(const DropoutParams& p, uint8_t* keep, int64_t n);
+LONGATTN_ISA_END
 
 }  // namespace longattn::kernels

@@ -6,7 +6,9 @@
 #include <map>
 #include <mutex>
 
-namespace longattn::kernels::fft {
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace fft {
 
 int64_t fast_length(int64_t n) {
   int64_t l = 1;
@@ -383,4 +385,6 @@ LONGATTN_FFT_INSTANTIATE(double, 1)
 LONGATTN_FFT_INSTANTIATE(double, 8)
 #undef LONGATTN_FFT_INSTANTIATE
 
-}  // namespace longattn::kernels::fft
+}  // namespace fft
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

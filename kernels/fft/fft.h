@@ -16,12 +16,16 @@
 // convolution needs) do not care about the order, so no bit-reversal pass is ever made.
 // Depth-first recursion keeps sub-transforms in cache once they fit.
 #pragma once
+#include "kernels/common/scratch.h"
+#include "kernels/common/isa_namespace.h"
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <vector>
 
-namespace longattn::kernels::fft {
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace fft {
 
 // Lanes per SIMD vector (64 bytes: one AVX-512 register, or two AVX2 ones).
 template <class T>
@@ -68,27 +72,6 @@ void forward_padded(const Plan<T>& p, T* data, int64_t valid);
 template <class T, int W>
 void inverse_product(const Plan<T>& p, T* data, const T* z, bool conjugate, int64_t keep);
 
-// 64-byte aligned, uninitialised storage for scratch buffers.
-template <class T>
-class AlignedBuffer {
- public:
-  AlignedBuffer() = default;
-  explicit AlignedBuffer(int64_t count) { resize(count); }
-  void resize(int64_t count) {
-    if (count <= size_) return;
-    size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
-    ptr_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
-    size_ = count;
-  }
-  T* data() const { return ptr_.get(); }
-  int64_t size() const { return size_; }
-
- private:
-  struct Free {
-    void operator()(T* p) const { std::free(p); }
-  };
-  std::unique_ptr<T, Free> ptr_;
-  int64_t size_ = 0;
-};
-
-}  // namespace longattn::kernels::fft
+}  // namespace fft
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

@@ -8,25 +8,7 @@
 #include "kernels/common/vec_exp.h"
 
 namespace longattn::kernels {
-
-const char* feature_map_name(FeatureMap f) {
-  switch (f) {
-    case FeatureMap::elu: return "elu";
-    case FeatureMap::relu: return "relu";
-    case FeatureMap::sikf: return "sikf";
-    case FeatureMap::favor: return "favor";
-  }
-  return "?";
-}
-
-bool feature_map_from_name(const char* name, FeatureMap* out) {
-  for (FeatureMap f : {FeatureMap::elu, FeatureMap::relu, FeatureMap::sikf, FeatureMap::favor})
-    if (std::strcmp(name, feature_map_name(f)) == 0) {
-      *out = f;
-      return true;
-    }
-  return false;
-}
+LONGATTN_ISA_BEGIN
 
 namespace {
 
@@ -171,4 +153,5 @@ LONGATTN_INSTANTIATE(float)
 LONGATTN_INSTANTIATE(double)
 #undef LONGATTN_INSTANTIATE
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

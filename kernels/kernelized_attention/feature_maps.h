@@ -16,6 +16,7 @@
 // The shift is the row's own maximum, so the largest entry of phi is exactly 1 (1/sqrt(m)
 // for favor) and exp never overflows.
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <cstdint>
 
 namespace longattn::kernels {
@@ -42,9 +43,11 @@ struct FeatureMapSpec {
 // phi[r * ldphi + f] for r < rows, f < m. For sikf/favor, shift[r] = c of the row and
 // argmax[r] = the index of u (or x) that attains it (first one on ties); both may be
 // nullptr, and are left untouched for elu/relu. ldphi >= m. No allocation.
+LONGATTN_ISA_BEGIN
 template <class T>
 void feature_map_forward(const FeatureMapSpec<T>& s, const T* x, int64_t ldx, int64_t rows, T* phi,
                          int64_t ldphi, T* shift, int32_t* argmax);
+LONGATTN_ISA_END
 
 // Gradient with respect to x of a loss L(phi, c): g_phi = dL/dphi (phi's shift held fixed),
 // g_shift[r] = dL/dc of row r, where c is the explicit shift (ignored for elu/relu, may be
@@ -52,9 +55,11 @@ void feature_map_forward(const FeatureMapSpec<T>& s, const T* x, int64_t ldx, in
 // g_phi is overwritten (it becomes the gradient with respect to u, or x); gx [rows, D] is
 // overwritten, never accumulated. Because c = max(u) is itself a function of x, its gradient
 // flows into the element that attains the maximum.
+LONGATTN_ISA_BEGIN
 template <class T>
 void feature_map_backward(const FeatureMapSpec<T>& s, const T* x, int64_t ldx, int64_t rows,
                           const T* phi, int64_t ldphi, const int32_t* argmax, T* g_phi,
                           int64_t ld_gphi, const T* g_shift, T* gx, int64_t ldgx);
+LONGATTN_ISA_END
 
 }  // namespace longattn::kernels

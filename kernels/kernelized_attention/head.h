@@ -1,6 +1,8 @@
 // Internal to kernels/kernelized_attention: one (batch, head) slice of the problem and the
 // small helpers shared by the causal and non-causal paths.
 #pragma once
+#include "kernels/common/numeric.h"
+#include "kernels/common/isa_namespace.h"
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -8,12 +10,9 @@
 
 #include "kernels/kernelized_attention/kernelized_attention.h"
 
-namespace longattn::kernels::kernelized_detail {
-
-template <class T>
-constexpr T neg_inf() {
-  return -std::numeric_limits<T>::infinity();
-}
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace kernelized_detail {
 
 // Rows of one (b, h): pointers to row 0 and row strides.
 template <class T>
@@ -149,4 +148,6 @@ void causal_forward_head(const Head<T>& s, int64_t chunk, T* out, int64_t sout, 
 template <class T>
 void causal_backward_head(const Head<T>& s, const HeadGrads<T>& g, int64_t chunk, const T* inv);
 
-}  // namespace longattn::kernels::kernelized_detail
+}  // namespace kernelized_detail
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

@@ -10,6 +10,7 @@
 #include "kernels/kernelized_attention/head.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 namespace kernelized_detail {
 namespace {
 
@@ -187,4 +188,5 @@ template void kernelized_attention_backward<float>(const KernelizedAttentionPara
 template void kernelized_attention_backward<double>(const KernelizedAttentionParams<double>&,
                                                     const KernelizedAttentionGrads<double>&);
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

@@ -27,6 +27,7 @@
 // only O(N) scalars per (b, h) (the running maxima, the denominators, the routing of the
 // stabiliser gradient), never a per-token or per-chunk m x Dv state.
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <cstdint>
 
 #include "kernels/common/tensor_view.h"
@@ -66,9 +67,11 @@ inline int64_t kernelized_feature_dim(const KernelizedAttentionParams<T>& p) {
 // when inv_denom is not null, inv_denom [B, H, Nq] (contiguous) = 1 / (d_i + eps) of the
 // stabilised denominators (0 where that is not finite): saved for the backward, which then
 // skips recomputing them (3 of the causal backward's 14 GEMMs per chunk).
+LONGATTN_ISA_BEGIN
 template <class T>
 void kernelized_attention_forward(const KernelizedAttentionParams<T>& p, BHND<T> out,
                                   T* inv_denom = nullptr);
+LONGATTN_ISA_END
 
 template <class T>
 struct KernelizedAttentionGrads {
@@ -82,8 +85,10 @@ struct KernelizedAttentionGrads {
 
 // Writes every element of every gradient (masked keys and rows with no key get zeros).
 // The projection is a constant (no gradient).
+LONGATTN_ISA_BEGIN
 template <class T>
 void kernelized_attention_backward(const KernelizedAttentionParams<T>& p,
                                    const KernelizedAttentionGrads<T>& g);
+LONGATTN_ISA_END
 
 }  // namespace longattn::kernels

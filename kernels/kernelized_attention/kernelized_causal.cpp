@@ -22,7 +22,9 @@
 #include "kernels/kernelized_attention/head.h"
 #include "kernels/common/vec_exp.h"
 
-namespace longattn::kernels::kernelized_detail {
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace kernelized_detail {
 namespace {
 
 // Scratch of one (b, h), allocated once per work item.
@@ -251,4 +253,6 @@ template void causal_backward_head<float>(const Head<float>&, const HeadGrads<fl
 template void causal_backward_head<double>(const Head<double>&, const HeadGrads<double>&, int64_t,
                                            const double*);
 
-}  // namespace longattn::kernels::kernelized_detail
+}  // namespace kernelized_detail
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

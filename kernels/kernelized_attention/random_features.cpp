@@ -4,38 +4,10 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/common/random.h"
+
 namespace longattn::kernels {
 namespace {
-
-// splitmix64 (Steele, Lea, Flood 2014): a fast generator with good statistics, used so
-// that the draws do not depend on the standard library's distributions.
-struct SplitMix64 {
-  uint64_t state;
-  uint64_t next() {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return double((next() >> 11) + 1) * 0x1.0p-53; }  // (0, 1]
-};
-
-struct Gaussian {
-  SplitMix64 rng;
-  bool has_spare = false;
-  double spare = 0;
-  double next() {
-    if (has_spare) {
-      has_spare = false;
-      return spare;
-    }
-    const double r = std::sqrt(-2.0 * std::log(rng.uniform()));
-    const double t = 2.0 * M_PI * rng.uniform();
-    spare = r * std::sin(t);
-    has_spare = true;
-    return r * std::cos(t);
-  }
-};
 
 // Columns of the d x d matrix g (row-major) made orthonormal in place (Q of g = QR with a
 // positive diagonal of R). Two passes of modified Gram-Schmidt keep Q orthogonal to
@@ -64,7 +36,7 @@ void random_features(int64_t m, int64_t d, uint64_t seed, bool orthogonal,
   for (int64_t h = 0; h < heads; ++h) {
     SplitMix64 mix{seed};
     for (int64_t i = 0; i <= h; ++i) mix.next();  // decorrelate (seed, h) from (seed, h')
-    Gaussian gauss{SplitMix64{mix.next() ^ (0xd1b54a32d192ed03ULL * uint64_t(h + 1))}};
+    NormalStream gauss{SplitMix64{mix.next() ^ (0xd1b54a32d192ed03ULL * uint64_t(h + 1))}};
     if (orthogonal) {
       for (int64_t r0 = 0; r0 < m; r0 += d) {
         for (auto& x : block) x = gauss.next();

@@ -21,6 +21,7 @@
 #include "kernels/toeplitz/toeplitz_fft.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 
 namespace {
 
@@ -70,7 +71,6 @@ std::vector<T> weight_spectra(const KernelizedRpeParams<T>& p, const fft::Plan<T
   return z;
 }
 
-int resolve(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
 }  // namespace
 
@@ -83,8 +83,8 @@ void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, T* den
   auto plan = fft::plan<T>(L);
   const std::vector<T> z = weight_spectra(p, *plan);
   const auto chunks = make_chunks(m, Dv, 2 * W);
-  const int nt = resolve(p.threads);
-  std::vector<fft::AlignedBuffer<T>> bufs(nt), accs(nt);
+  const int nt = resolve_threads(p.threads);
+  std::vector<AlignedBuffer<T>> bufs(nt), accs(nt);
   parallel_for(B * H, nt, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
     auto& buf = bufs[thread_index()];
@@ -155,10 +155,10 @@ void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRp
   auto plan = fft::plan<T>(L);
   const std::vector<T> z = weight_spectra(p, *plan);
   const auto chunks = make_chunks(m, Dv, 2 * W);
-  const int nt = resolve(p.threads);
+  const int nt = resolve_threads(p.threads);
   const bool want_w = g.grad_weights != nullptr;
   std::vector<T> cross(want_w ? B * H * 2 * L : 0, T(0));  // per (b, h): summed in order later
-  std::vector<fft::AlignedBuffer<T>> abufs(nt), ebufs(nt), ghs(nt);
+  std::vector<AlignedBuffer<T>> abufs(nt), ebufs(nt), ghs(nt);
   parallel_for(B * H, nt, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
     const int t = thread_index();
@@ -235,4 +235,5 @@ LONGATTN_KRPE_INSTANTIATE(float)
 LONGATTN_KRPE_INSTANTIATE(double)
 #undef LONGATTN_KRPE_INSTANTIATE
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

@@ -17,6 +17,7 @@
 // A zero denominator gives a zero output and no gradient. Masked keys act as phi_k_j = 0 and get
 // zero gradients for phi_k_j and v_j.
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <cstdint>
 
 #include "kernels/common/tensor_view.h"
@@ -41,8 +42,10 @@ struct KernelizedRpeParams {
 
 // Writes out [B, H, N, Dv] and den [B, H, N] (contiguous; the denominators plus eps, 0 for
 // empty rows, for the backward).
+LONGATTN_ISA_BEGIN
 template <class T>
 void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, T* den);
+LONGATTN_ISA_END
 
 template <class T>
 struct KernelizedRpeGrads {
@@ -56,7 +59,9 @@ struct KernelizedRpeGrads {
 };
 
 // Writes every element of every gradient output.
+LONGATTN_ISA_BEGIN
 template <class T>
 void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRpeGrads<T>& g);
+LONGATTN_ISA_END
 
 }  // namespace longattn::kernels

@@ -9,6 +9,7 @@
 // Fused like flash attention: online softmax over key blocks, no N x N tensor, O(N)
 // extra memory in the forward; the backward recomputes a_ij from the logsumexp.
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <cstdint>
 
 #include "kernels/common/tensor_view.h"
@@ -37,8 +38,10 @@ struct ShatterParams {
 // Writes every element of out [B, 1, N, Dv] and, for softmax, lse [B, N] (contiguous; a
 // query with no key taking part gets out = 0 and lse = -inf). For sigmoid, lse may be
 // nullptr; when given it is filled with zeros.
+LONGATTN_ISA_BEGIN
 template <class T>
 void shatter_forward(const ShatterParams<T>& p, BHND<T> out, T* lse);
+LONGATTN_ISA_END
 
 template <class T>
 struct ShatterGrads {
@@ -53,7 +56,9 @@ struct ShatterGrads {
 
 // Writes every element of every gradient output. Deterministic: the same inputs give
 // the same bits whatever the thread count (reductions have a fixed shape and order).
+LONGATTN_ISA_BEGIN
 template <class T>
 void shatter_backward(const ShatterParams<T>& p, const ShatterGrads<T>& g);
+LONGATTN_ISA_END
 
 }  // namespace longattn::kernels

@@ -16,6 +16,7 @@
 #include "kernels/shatter/shatter_tile.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 
 using namespace shatter_detail;
 
@@ -206,4 +207,5 @@ void shatter_backward(const ShatterParams<T>& p, const ShatterGrads<T>& g) {
 template void shatter_backward<float>(const ShatterParams<float>&, const ShatterGrads<float>&);
 template void shatter_backward<double>(const ShatterParams<double>&, const ShatterGrads<double>&);
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

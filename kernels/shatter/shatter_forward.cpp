@@ -12,6 +12,7 @@
 #include "kernels/shatter/shatter_tile.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 
 using namespace shatter_detail;
 
@@ -130,4 +131,5 @@ void shatter_forward(const ShatterParams<T>& p, BHND<T> out, T* lse) {
 template void shatter_forward<float>(const ShatterParams<float>&, BHND<float>, float*);
 template void shatter_forward<double>(const ShatterParams<double>&, BHND<double>, double*);
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

@@ -2,6 +2,8 @@
 // A tile is `nq` queries starting at i0 by `nk` keys starting at j0, stored row-major
 // with row stride nk.
 #pragma once
+#include "kernels/common/numeric.h"
+#include "kernels/common/isa_namespace.h"
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -10,7 +12,9 @@
 #include "kernels/common/vec_exp.h"
 #include "kernels/shatter/shatter.h"
 
-namespace longattn::kernels::shatter_detail {
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace shatter_detail {
 
 // Query and key block sizes. 64 x 128 float tiles (32 KiB each, four live in the backward)
 // stay in L2 while the GEMMs stream the 64-wide rows of q, k and v through them.
@@ -31,11 +35,6 @@ inline T sigmoid(T x) {
   return T(1) / (T(1) + vexp(-x));
 }
 
-template <class T>
-constexpr T neg_inf() {
-  return -std::numeric_limits<T>::infinity();
-}
-
 // Number of keys of row ii that may take part under the causal rule (all nk when not causal).
 inline int64_t causal_limit(bool causal, int64_t i0, int64_t ii, int64_t j0, int64_t nk) {
   if (!causal) return nk;
@@ -46,4 +45,6 @@ inline int64_t causal_limit(bool causal, int64_t i0, int64_t ii, int64_t j0, int
 // Whether key j of batch b takes part (padding only).
 inline bool key_ok(const uint8_t* mask_b, int64_t j) { return mask_b == nullptr || mask_b[j] != 0; }
 
-}  // namespace longattn::kernels::shatter_detail
+}  // namespace shatter_detail
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

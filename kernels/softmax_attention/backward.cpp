@@ -18,6 +18,7 @@
 #include "kernels/softmax_attention/tiles.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 
 namespace {
 namespace sa = softmax_attention_detail;
@@ -27,7 +28,7 @@ constexpr int64_t kTargetItems = 8;
 
 template <class T>
 struct BackwardScratch {
-  sa::Scratch<T> St, dSt, Qt, dOt, lse2, Di;
+  AlignedBuffer<T> St, dSt, Qt, dOt, lse2, Di;
   void reserve(int64_t nqb, int64_t BQ, int64_t D, int64_t Dv) {
     St.resize(sa::kBlockK * BQ);
     dSt.resize(sa::kBlockK * BQ);
@@ -60,10 +61,10 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
   }
 
   const int64_t BQ = sa::query_block(p.causal);
-  const int64_t nqb = sa::ceil_div(Nq, BQ), nkb = sa::ceil_div(Nk, sa::kBlockK);
+  const int64_t nqb = ceil_div(Nq, BQ), nkb = ceil_div(Nk, sa::kBlockK);
   const int64_t blocks_per_group =
-      sa::ceil_div(nkb, std::min(nkb, sa::ceil_div(kTargetItems, B * H)));
-  const int64_t groups = sa::ceil_div(nkb, blocks_per_group);  // none of them empty
+      ceil_div(nkb, std::min(nkb, ceil_div(kTargetItems, B * H)));
+  const int64_t groups = ceil_div(nkb, blocks_per_group);  // none of them empty
   const sa::KeyMask<T> mask(p.key_padding_mask, p.mask_stride_b, B, Nk, sa::kBlockK);
   const T qk_scale = T(p.scale * sa::kLog2e), scale = T(p.scale);
   const bool want_bias = g.grad_rel_bias && p.rel_bias;
@@ -72,10 +73,10 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
   // gradient of every item, both summed after the parallel loop in a fixed order.
   // Each item zeroes what it owns (in parallel): its dK / dV rows, its dQ destination and its
   // bias partial.
-  sa::Scratch<T> dq_part((groups - 1) * B * H * Nq * D);
-  sa::Scratch<T> bias_part(want_bias ? B * H * groups * nbias : 0);
+  AlignedBuffer<T> dq_part((groups - 1) * B * H * Nq * D);
+  AlignedBuffer<T> bias_part(want_bias ? B * H * groups * nbias : 0);
 
-  const int threads = p.threads > 0 ? p.threads : omp_get_max_threads();
+  const int threads = resolve_threads(p.threads);
   std::vector<BackwardScratch<T>> scratch(static_cast<size_t>(threads));
   const std::vector<T> rbias = sa::reversed_bias(p.rel_bias, p.rel_bias_stride_h, H, Nq);
   const int64_t ld = BQ;  // row stride of the packed and score tiles
@@ -176,4 +177,5 @@ template void softmax_attention_backward<float>(const SoftmaxAttentionParams<flo
 template void softmax_attention_backward<double>(const SoftmaxAttentionParams<double>&,
                                                  const SoftmaxAttentionGrads<double>&);
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

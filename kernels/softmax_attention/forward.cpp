@@ -18,6 +18,7 @@
 #include "kernels/softmax_attention/tiles.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 
 namespace {
 namespace sa = softmax_attention_detail;
@@ -31,7 +32,7 @@ constexpr double kMaxTileSum = 4294967296.0;
 // sum l and the accumulator O are kept, so lse = ref + log2(l).
 template <class T>
 struct ForwardScratch {
-  sa::Scratch<T> Qt, St, O, ref, l, shift, alpha, sum;
+  AlignedBuffer<T> Qt, St, O, ref, l, shift, alpha, sum;
   void reserve(int64_t BQ, int64_t D, int64_t Dv) {
     Qt.resize(D * BQ);
     St.resize(sa::kBlockK * BQ);
@@ -47,11 +48,11 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
   const int64_t B = p.q.B, H = p.q.H, Nq = p.q.N, Nk = p.k.N, D = p.q.D, Dv = p.v.D;
   if (B == 0 || H == 0 || Nq == 0) return;
   const int64_t BQ = sa::query_block(p.causal);
-  const int64_t nqb = sa::ceil_div(Nq, BQ), nkb = sa::ceil_div(Nk, sa::kBlockK);
+  const int64_t nqb = ceil_div(Nq, BQ), nkb = ceil_div(Nk, sa::kBlockK);
   const sa::KeyMask<T> mask(p.key_padding_mask, p.mask_stride_b, B, Nk, sa::kBlockK);
   const T qk_scale = T(p.scale * sa::kLog2e);
 
-  const int threads = p.threads > 0 ? p.threads : omp_get_max_threads();
+  const int threads = resolve_threads(p.threads);
   std::vector<ForwardScratch<T>> scratch(static_cast<size_t>(threads));
 
   const std::vector<T> rbias = sa::reversed_bias(p.rel_bias, p.rel_bias_stride_h, H, Nq);
@@ -142,4 +143,5 @@ template void softmax_attention_forward<float>(const SoftmaxAttentionParams<floa
 template void softmax_attention_forward<double>(const SoftmaxAttentionParams<double>&,
                                                 BHND<double>, double*);
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

@@ -1,6 +1,7 @@
 // Exact softmax attention, fused: online softmax over key blocks, O(N) extra memory,
 // logsumexp kept for a backward that recomputes the probabilities.
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <cstdint>
 
 #include "kernels/common/tensor_view.h"
@@ -25,8 +26,10 @@ struct SoftmaxAttentionParams {
 
 // Writes every element of out [B, H, Nq, Dv] and lse [B, H, Nq] (contiguous). A query with
 // no key taking part gets out = 0 and lse = -inf.
+LONGATTN_ISA_BEGIN
 template <class T>
 void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, T* lse);
+LONGATTN_ISA_END
 
 template <class T>
 struct SoftmaxAttentionGrads {
@@ -40,7 +43,9 @@ struct SoftmaxAttentionGrads {
 };
 
 // Writes every element of every gradient output (rows with no key give zero gradients).
+LONGATTN_ISA_BEGIN
 template <class T>
 void softmax_attention_backward(const SoftmaxAttentionParams<T>& p, const SoftmaxAttentionGrads<T>& g);
+LONGATTN_ISA_END
 
 }  // namespace longattn::kernels

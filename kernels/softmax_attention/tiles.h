@@ -1,116 +1,21 @@
-// Pieces shared by the forward and backward softmax attention kernels: tile sizes, scratch
-// buffers, the per-key-block mask summary, and the two tile computations built on the block
-// GEMM: the score tile (logits with relative bias, key padding mask and causal mask, then
-// either their column max or their probabilities) and the tile of logit gradients.
-// With AVX-512 (float) that elementwise work runs in the GEMM's epilogue, on registers.
-//
-// Logits are kept in base-2 units (multiplied by log2(e)) so the softmax needs exp2 only:
-// the scale folded into the QK^T GEMM is scale * log2(e), and the bias is added times log2(e).
+// The two tile computations of the softmax attention kernels, built on the block GEMM: the
+// score tile (logits with relative bias, key padding mask and causal mask, then either their
+// column max or their probabilities) and the tile of logit gradients (blocking: blocks.h).
+// With a vector level (float) that elementwise work runs in the GEMM's epilogue, on registers.
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <memory>
-#include <new>
-#include <vector>
 
-#include "kernels/common/simd.h"
 #include "kernels/common/block_gemm.h"
-#include "kernels/softmax_attention/softmax_attention.h"
+#include "kernels/common/scratch.h"
+#include "kernels/common/simd.h"
+#include "kernels/softmax_attention/blocks.h"
 
-namespace longattn::kernels::softmax_attention_detail {
-
-// Block sizes. Key blocks of 128; query blocks of 256, which amortise each K / V block over
-// more queries (it matters once K and V outgrow L2), or 128 with causal masking, which wastes
-// less on the tiles astride the diagonal. A score tile (128 x 256 floats, 128 KiB) stays in L2
-// and the GEMM operand panels (at most 256 x 64 floats) in L1 or L2.
-constexpr int64_t kBlockK = 128;
-inline int64_t query_block(bool causal) { return causal ? 128 : 256; }
-
-constexpr double kLog2e = 1.4426950408889634;
-constexpr double kLn2 = 0.6931471805599453;
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Cache-line aligned scratch buffer, allocated once per call or per thread, never in loops.
-template <class T>
-class Scratch {
- public:
-  Scratch() = default;
-  explicit Scratch(int64_t n) { resize(n); }
-  void resize(int64_t n) {
-    if (n <= n_) return;
-    size_t bytes = ((static_cast<size_t>(n) * sizeof(T) + 63) / 64) * 64;
-    void* p = std::aligned_alloc(64, bytes);
-    if (!p) throw std::bad_alloc();
-    ptr_.reset(static_cast<T*>(p));
-    n_ = n;
-  }
-  T* data() const { return ptr_.get(); }
-
- private:
-  struct Free {
-    void operator()(T* p) const { std::free(p); }
-  };
-  std::unique_ptr<T, Free> ptr_;
-  int64_t n_ = 0;
-};
-
-// What the key padding mask does to each key block of each batch element.
-enum class BlockMask : uint8_t { kNone, kSome, kAll };  // keys masked: none, some, all
-
-// Per batch element: an additive mask over keys (0 or -inf, in T) and a summary per key block,
-// so blocks with every key masked are skipped and blocks with none need no additive pass.
-template <class T>
-struct KeyMask {
-  std::vector<T> add;             // [B, Nk], empty when there is no mask
-  std::vector<BlockMask> blocks;  // [B, nkb]
-  int64_t Nk = 0, nkb = 0;
-
-  KeyMask(const uint8_t* mask, int64_t mask_stride_b, int64_t B, int64_t Nk_, int64_t block)
-      : Nk(Nk_), nkb(ceil_div(Nk_, block)) {
-    blocks.assign(static_cast<size_t>(B * nkb), BlockMask::kNone);
-    if (!mask) return;
-    add.resize(static_cast<size_t>(B * Nk));
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t kb = 0; kb < nkb; ++kb) {
-        int64_t j0 = kb * block, j1 = std::min(Nk, j0 + block), masked = 0;
-        for (int64_t j = j0; j < j1; ++j) {
-          bool keep = mask[b * mask_stride_b + j] != 0;
-          add[b * Nk + j] = keep ? T(0) : T(-INFINITY);
-          masked += !keep;
-        }
-        blocks[b * nkb + kb] = masked == 0 ? BlockMask::kNone
-                               : masked == j1 - j0 ? BlockMask::kAll
-                                                   : BlockMask::kSome;
-      }
-  }
-  BlockMask block(int64_t b, int64_t kb) const { return blocks[b * nkb + kb]; }
-  const T* add_row(int64_t b) const { return add.empty() ? nullptr : add.data() + b * Nk; }
-};
-
-// A tile covers queries [i0, i0 + ni) and keys [j0, j0 + nj).
-struct Tile {
-  int64_t i0, ni, j0, nj;
-  // With causal masking: is any (i, j) of the tile allowed, and is any forbidden?
-  bool causal_any_allowed() const { return j0 <= i0 + ni - 1; }
-  bool causal_any_forbidden() const { return j0 + nj - 1 > i0; }
-};
-
-// The relative bias in base-2 units and reversed, per head:
-// rb[h][i - j + N - 1] = log2(e) * bias[h][j - i + N - 1], so a row of the transposed score
-// tile (one key, consecutive queries) reads it forwards.
-template <class T>
-std::vector<T> reversed_bias(const T* bias, int64_t stride_h, int64_t H, int64_t N) {
-  std::vector<T> rb;
-  if (!bias) return rb;
-  rb.resize(static_cast<size_t>(H * (2 * N - 1)));
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t t = 0; t < 2 * N - 1; ++t)
-      rb[h * (2 * N - 1) + t] = T(kLog2e) * bias[h * stride_h + 2 * N - 2 - t];
-  return rb;
-}
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace softmax_attention_detail {
 
 // Score tiles are stored transposed: St[r][c] is key j0 + r against query i0 + c (row stride
 // ld), so the softmax statistics of the queries run along the vector lanes.
@@ -180,8 +85,9 @@ void grad_score_tile(T* dSt, int64_t ld, const Tile& t, const T* v, int64_t v_sn
   }
 }
 
-#if defined(__AVX512F__)
-// Float with AVX-512: the same, fused into the GEMM's epilogue while the tile is in registers.
+#if defined(LONGATTN_SIMD_HAS_VECF)
+// Float with a vector level (AVX-512 or AVX2): the same, fused into the GEMM's epilogue while
+// the tile is in registers.
 struct ScoreEpilogue {
   float* St;
   int64_t ld;
@@ -192,26 +98,16 @@ struct ScoreEpilogue {
   int64_t causal_shift;   // (r, c) is forbidden when c < r + causal_shift (j0 - i0)
   ScoreOutputs<float> out;
 
-  LONGATTN_ALWAYS_INLINE void operator()(int64_t r, int64_t c, __m512 x, __mmask16 mask) const {
-    x = _mm512_mul_ps(x, _mm512_set1_ps(alpha));
-    if (bias0) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, bias0 + (c - r)));
-    if (row_add) x = _mm512_add_ps(x, _mm512_set1_ps(row_add[r]));
-    if (causal) {
-      const __m512i lane = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c)),
-                                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
-                                                              11, 12, 13, 14, 15));
-      const __mmask16 forbidden = _mm512_cmplt_epi32_mask(
-          lane, _mm512_set1_epi32(static_cast<int>(r + causal_shift)));
-      x = _mm512_mask_mov_ps(x, forbidden, _mm512_set1_ps(-INFINITY));
-    }
+  LONGATTN_ALWAYS_INLINE void operator()(int64_t r, int64_t c, VecF::Reg x, VecF::Mask mask) const {
+    x = VecF::mul(x, VecF::set1(alpha));
+    if (bias0) x = VecF::add(x, VecF::load(bias0 + (c - r), mask));
+    if (row_add) x = VecF::add(x, VecF::set1(row_add[r]));
+    if (causal) x = VecF::fill_below(x, c, r + causal_shift, -INFINITY);
     if (out.colmax)
-      _mm512_mask_storeu_ps(out.colmax + c, mask,
-                            _mm512_max_ps(_mm512_maskz_loadu_ps(mask, out.colmax + c), x));
-    if (out.shift) x = simd::exp2(_mm512_sub_ps(x, _mm512_maskz_loadu_ps(mask, out.shift + c)));
-    if (out.colsum)
-      _mm512_mask_storeu_ps(out.colsum + c, mask,
-                            _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out.colsum + c), x));
-    _mm512_mask_storeu_ps(St + r * ld + c, mask, x);
+      VecF::store(out.colmax + c, VecF::max(VecF::load(out.colmax + c, mask), x), mask);
+    if (out.shift) x = VecF::exp2(VecF::sub(x, VecF::load(out.shift + c, mask)));
+    if (out.colsum) VecF::store(out.colsum + c, VecF::add(VecF::load(out.colsum + c, mask), x), mask);
+    VecF::store(St + r * ld + c, x, mask);
   }
 };
 
@@ -233,10 +129,10 @@ struct GradScoreEpilogue {
   const float* Pt;
   int64_t ld;
   const float* Di;
-  LONGATTN_ALWAYS_INLINE void operator()(int64_t r, int64_t c, __m512 x, __mmask16 mask) const {
-    const __m512 p = _mm512_maskz_loadu_ps(mask, Pt + r * ld + c);
-    const __m512 d = _mm512_maskz_loadu_ps(mask, Di + c);
-    _mm512_mask_storeu_ps(dSt + r * ld + c, mask, _mm512_mul_ps(p, _mm512_sub_ps(x, d)));
+  LONGATTN_ALWAYS_INLINE void operator()(int64_t r, int64_t c, VecF::Reg x, VecF::Mask mask) const {
+    const VecF::Reg p = VecF::load(Pt + r * ld + c, mask);
+    const VecF::Reg d = VecF::load(Di + c, mask);
+    VecF::store(dSt + r * ld + c, VecF::mul(p, VecF::sub(x, d)), mask);
   }
 };
 
@@ -246,4 +142,6 @@ inline void grad_score_tile(float* dSt, int64_t ld, const Tile& t, const float* 
 }
 #endif
 
-}  // namespace longattn::kernels::softmax_attention_detail
+}  // namespace softmax_attention_detail
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

@@ -8,6 +8,7 @@
 #include "kernels/toeplitz/toeplitz_paths.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 
 ToeplitzPath toeplitz_choose_path(int64_t N, int64_t C, bool causal) {
   // Cost model per channel: direct ~ N^2 multiply-adds (half when causal) at near-peak vector
@@ -149,4 +150,5 @@ LONGATTN_TOEPLITZ_INSTANTIATE(float)
 LONGATTN_TOEPLITZ_INSTANTIATE(double)
 #undef LONGATTN_TOEPLITZ_INSTANTIATE
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

@@ -13,6 +13,7 @@
 // The backward gives grad_x (the transposed product) and grad_c, a correlation summed over
 // batch and channels, reduced in a fixed order (deterministic whatever the thread count).
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <cstdint>
 
 #include "kernels/common/tensor_view.h"
@@ -32,8 +33,10 @@ struct ToeplitzParams {
 };
 
 // Writes every element of y [B, H, N, C] (any row strides, last dimension contiguous).
+LONGATTN_ISA_BEGIN
 template <class T>
 void toeplitz_forward(const ToeplitzParams<T>& p, BHND<T> y);
+LONGATTN_ISA_END
 
 template <class T>
 struct ToeplitzGrads {
@@ -43,11 +46,15 @@ struct ToeplitzGrads {
                                // is 0); nullptr: not wanted. Causal: offsets r > 0 get 0.
 };
 
+LONGATTN_ISA_BEGIN
 template <class T>
 void toeplitz_backward(const ToeplitzParams<T>& p, const ToeplitzGrads<T>& g);
+LONGATTN_ISA_END
 
 // The path Auto picks for these sizes (exposed for tests and benchmarks).
+LONGATTN_ISA_BEGIN
 ToeplitzPath toeplitz_choose_path(int64_t N, int64_t C, bool causal);
+LONGATTN_ISA_END
 
 // 2-D: an image of height x width flattened row by row (N = height * width) with the separable
 // additive bias B[(a,b),(a',b')] = row[a' - a + height - 1] + col[b' - b + width - 1]:
@@ -64,8 +71,10 @@ struct Toeplitz2dParams {
   int threads = 0;
 };
 
+LONGATTN_ISA_BEGIN
 template <class T>
 void toeplitz2d_forward(const Toeplitz2dParams<T>& p, BHND<T> y);
+LONGATTN_ISA_END
 
 template <class T>
 struct Toeplitz2dGrads {
@@ -75,7 +84,9 @@ struct Toeplitz2dGrads {
   T* grad_col_coeffs = nullptr;   // [H, 2 width - 1] contiguous, or nullptr
 };
 
+LONGATTN_ISA_BEGIN
 template <class T>
 void toeplitz2d_backward(const Toeplitz2dParams<T>& p, const Toeplitz2dGrads<T>& g);
+LONGATTN_ISA_END
 
 }  // namespace longattn::kernels

@@ -11,7 +11,9 @@
 #include "kernels/fft/fft.h"
 #include "kernels/toeplitz/toeplitz_paths.h"
 
-namespace longattn::kernels::toeplitz_detail {
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace toeplitz_detail {
 
 namespace {
 
@@ -67,7 +69,7 @@ template <class T>
 void direct_forward(const ToeplitzParams<T>& p, BHND<T> y) {
   const int64_t B = p.x.B, H = p.x.H, N = p.x.N, C = p.x.D;
   const int nt = resolve_threads(p.threads);
-  std::vector<fft::AlignedBuffer<T>> scratch(nt);
+  std::vector<AlignedBuffer<T>> scratch(nt);
   parallel_for(B * H, nt, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
     auto& cb = scratch[thread_index()];
@@ -85,7 +87,7 @@ void direct_backward(const ToeplitzParams<T>& p, const ToeplitzGrads<T>& g) {
   const int64_t R = 2 * N - 1;
   // Per (b, h) coefficient gradients in double, summed over b (and heads when shared) in order.
   std::vector<double> acc(want_c ? B * H * R : 0, 0.0);
-  std::vector<fft::AlignedBuffer<T>> scratch(nt);
+  std::vector<AlignedBuffer<T>> scratch(nt);
   parallel_for(B * H, nt, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
     const T* c = p.coeffs + h * p.coeffs_stride_h;
@@ -135,4 +137,6 @@ template void direct_forward<double>(const ToeplitzParams<double>&, BHND<double>
 template void direct_backward<float>(const ToeplitzParams<float>&, const ToeplitzGrads<float>&);
 template void direct_backward<double>(const ToeplitzParams<double>&, const ToeplitzGrads<double>&);
 
-}  // namespace longattn::kernels::toeplitz_detail
+}  // namespace toeplitz_detail
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

@@ -5,7 +5,9 @@
 #include "kernels/toeplitz/toeplitz_fft.h"
 #include "kernels/toeplitz/toeplitz_paths.h"
 
-namespace longattn::kernels::toeplitz_detail {
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace toeplitz_detail {
 
 namespace {
 
@@ -29,7 +31,7 @@ void fft_forward(const ToeplitzParams<T>& p, BHND<T> y) {
   const std::vector<T> z = head_spectra(p, *plan, H);
   const int64_t chunks = (C + 2 * W - 1) / (2 * W);
   const int nt = resolve_threads(p.threads);
-  std::vector<fft::AlignedBuffer<T>> scratch(nt);
+  std::vector<AlignedBuffer<T>> scratch(nt);
   parallel_for(B * H * chunks, nt, [&](int64_t item) {
     const int64_t c0 = (item % chunks) * 2 * W, bh = item / chunks, b = bh / H, h = bh % H;
     auto& buf = scratch[thread_index()];
@@ -55,7 +57,7 @@ void fft_backward(const ToeplitzParams<T>& p, const ToeplitzGrads<T>& g) {
   // One cross spectrum per item, summed afterwards in a fixed order: deterministic.
   std::vector<T> cross(want_c ? items * 2 * L : 0, T(0));
   const int nt = resolve_threads(p.threads);
-  std::vector<fft::AlignedBuffer<T>> gbufs(nt), xbufs(nt);
+  std::vector<AlignedBuffer<T>> gbufs(nt), xbufs(nt);
   parallel_for(items, nt, [&](int64_t item) {
     const int64_t c0 = (item % chunks) * 2 * W, bh = item / chunks, b = bh / H, h = bh % H;
     auto& gb = gbufs[thread_index()];
@@ -97,4 +99,6 @@ template void fft_forward<double>(const ToeplitzParams<double>&, BHND<double>);
 template void fft_backward<float>(const ToeplitzParams<float>&, const ToeplitzGrads<float>&);
 template void fft_backward<double>(const ToeplitzParams<double>&, const ToeplitzGrads<double>&);
 
-}  // namespace longattn::kernels::toeplitz_detail
+}  // namespace toeplitz_detail
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

@@ -6,13 +6,16 @@
 // the circular convolution of length L equal to it on [0, N). Buffers use the fft layout
 // [L][2][W]: channel c0 + l in the real part of lane l, channel c0 + W + l in the imaginary part.
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
 #include "kernels/fft/fft.h"
 
-namespace longattn::kernels::toeplitz_detail {
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace toeplitz_detail {
 
 // Spectra (permuted order, one lane each: [count][L][2]) of the kernels of `count` coefficient
 // vectors c + h * stride (each [2N - 1]), multiplied by `scale`. Causal drops the offsets r > 0
@@ -23,7 +26,7 @@ void kernel_spectra(const fft::Plan<T>& plan, const T* c, int64_t stride, int64_
                     bool causal, T scale, T* out) {
   constexpr int W = fft::kLanes<T>;
   const int64_t L = plan.n;
-  fft::AlignedBuffer<T> buf(L * 2 * W);
+  AlignedBuffer<T> buf(L * 2 * W);
   for (int64_t h0 = 0; h0 < count; h0 += W) {
     const int nl = static_cast<int>(std::min<int64_t>(W, count - h0));
     T* b = buf.data();
@@ -98,7 +101,7 @@ void coeff_grads_from_cross(const fft::Plan<T>& plan, const T* cross, int64_t co
   constexpr int W = fft::kLanes<T>;
   const int64_t L = plan.n, R = 2 * N - 1;
   const T inv = T(1) / T(L);
-  fft::AlignedBuffer<T> buf(L * 2 * W);
+  AlignedBuffer<T> buf(L * 2 * W);
   for (int64_t h0 = 0; h0 < count; h0 += W) {
     const int nl = static_cast<int>(std::min<int64_t>(W, count - h0));
     T* b = buf.data();
@@ -121,4 +124,6 @@ void coeff_grads_from_cross(const fft::Plan<T>& plan, const T* cross, int64_t co
   }
 }
 
-}  // namespace longattn::kernels::toeplitz_detail
+}  // namespace toeplitz_detail
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

@@ -1,8 +1,12 @@
 // The two implementations behind toeplitz_forward / toeplitz_backward (internal).
 #pragma once
+#include "kernels/common/parallel.h"
+#include "kernels/common/isa_namespace.h"
 #include "kernels/toeplitz/toeplitz.h"
 
-namespace longattn::kernels::toeplitz_detail {
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace toeplitz_detail {
 
 template <class T>
 void fft_forward(const ToeplitzParams<T>& p, BHND<T> y);
@@ -13,11 +17,7 @@ void direct_forward(const ToeplitzParams<T>& p, BHND<T> y);
 template <class T>
 void direct_backward(const ToeplitzParams<T>& p, const ToeplitzGrads<T>& g);
 
-inline int resolve_threads(int threads);
 
-}  // namespace longattn::kernels::toeplitz_detail
-
-#include <omp.h>
-inline int longattn::kernels::toeplitz_detail::resolve_threads(int threads) {
-  return threads > 0 ? threads : omp_get_max_threads();
-}
+}  // namespace toeplitz_detail
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

@@ -17,6 +17,7 @@
 // outputs bit for bit whatever the thread count. A consequence: a sequence's output depends on
 // its batch index b as well as on the seed.
 #pragma once
+#include "kernels/common/isa_namespace.h"
 #include <cstdint>
 
 #include "kernels/common/tensor_view.h"
@@ -72,15 +73,19 @@ struct YosoGrads {
 
 // Hash codes of every query and key: q_codes [B, H, m, Nq], k_codes [B, H, m, Nk] (contiguous),
 // code = Σ_t 1[r_tᵀx > 0]·2^t over the τ bits of each hash, −1 for masked rows.
+LONGATTN_ISA_BEGIN
 template <class T>
 void yoso_hash(const YosoParams<T>& p, int32_t* q_codes, int32_t* k_codes);
+LONGATTN_ISA_END
 
 // Y [B, H, Nq, Dv] (every element written) from the codes of yoso_hash. Per (b, h) and hash:
 // keys and queries are bucketed by a stable radix sort of their codes, each bucket's value sum
 // is added to its queries. O(m·(N + Dv·N)) time per (b, h), O(N) scratch per thread.
+LONGATTN_ISA_BEGIN
 template <class T>
 void yoso_forward(const YosoParams<T>& p, const int32_t* q_codes, const int32_t* k_codes,
                   BHND<T> out);
+LONGATTN_ISA_END
 
 // The paper's surrogate backward estimated with the same codes (B_ij = collision indicator):
 //   ∂L/∂q̂_i = (τ/2m) Σ_h Σ_j B_ij (g_iᵀv_j) k̂_j,  ∂L/∂k̂_j = (τ/2m) Σ_h Σ_i B_ij (g_iᵀv_j) q̂_i,
@@ -88,22 +93,30 @@ void yoso_forward(const YosoParams<T>& p, const int32_t* q_codes, const int32_t*
 // Per bucket with a queries and b keys it takes the cheaper of the pairwise form,
 // a·b·(Dv + 2D), and the factored form Σ_j k̂_j v_jᵀ (D×Dv), 2(a+b)·D·Dv, so the cost per hash
 // is at most linear in N and close to (collisions)·(Dv + 2D) for well-spread codes.
+LONGATTN_ISA_BEGIN
 template <class T>
 void yoso_backward_lsh(const YosoParams<T>& p, const int32_t* q_codes, const int32_t* k_codes,
                        const YosoGrads<T>& g);
+LONGATTN_ISA_END
 
 // The same surrogate computed exactly over all pairs with E_ij (= yoso_expectation_backward with
 // YosoDerivative::surrogate): O(N²) time, O(N) memory.
+LONGATTN_ISA_BEGIN
 template <class T>
 void yoso_backward_exact(const YosoParams<T>& p, const YosoGrads<T>& g);
+LONGATTN_ISA_END
 
 // YOSO-E forward: Y_i = Σ_j E_ij v_j, fused over blocks, O(N) extra memory.
+LONGATTN_ISA_BEGIN
 template <class T>
 void yoso_expectation_forward(const YosoParams<T>& p, BHND<T> out);
+LONGATTN_ISA_END
 
 // YOSO-E backward with dE/dx = the exact derivative or the surrogate; through the normalisation.
+LONGATTN_ISA_BEGIN
 template <class T>
 void yoso_expectation_backward(const YosoParams<T>& p, const YosoGrads<T>& g,
                                YosoDerivative derivative);
+LONGATTN_ISA_END
 
 }  // namespace longattn::kernels

@@ -11,6 +11,7 @@
 #include "kernels/yoso/yoso_internal.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 namespace {
 
 using namespace yoso_detail;
@@ -178,4 +179,5 @@ void yoso_backward_exact(const YosoParams<T>& p, const YosoGrads<T>& g) {
 LONGATTN_YOSO_E(float)
 LONGATTN_YOSO_E(double)
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

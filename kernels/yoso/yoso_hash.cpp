@@ -2,14 +2,15 @@
 // and the stable radix sort that turns codes into buckets.
 #include <cmath>
 #include <cstring>
-#include <random>
 #include <vector>
 
 #include "kernels/common/blas.h"
 #include "kernels/common/parallel.h"
+#include "kernels/common/random.h"
 #include "kernels/yoso/yoso_internal.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 namespace {
 
 using namespace yoso_detail;
@@ -20,32 +21,18 @@ constexpr int64_t kRowBlock = 64;  // rows hashed together (one GEMM or one tran
 // vector of floats) for short sequences, where a full block would mostly transform zeros.
 int64_t hadamard_block_rows(int64_t N) { return std::min(kRowBlock, (N + 15) / 16 * 16); }
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 // The generator of (seed, b, h): a function of these three numbers only.
-std::mt19937_64 stream(uint64_t seed, int64_t b, int64_t h) {
-  uint64_t s = splitmix64(seed);
-  s = splitmix64(s ^ splitmix64(uint64_t(b) * 2 + 1));
-  s = splitmix64(s ^ splitmix64(uint64_t(h) * 2 + 2));
-  return std::mt19937_64(s);
+SplitMix64 stream(uint64_t seed, int64_t b, int64_t h) {
+  uint64_t s = splitmix64_mix(seed + kGoldenGamma);
+  s = splitmix64_mix(s ^ splitmix64_mix(uint64_t(b) * 2 + 1 + kGoldenGamma));
+  s = splitmix64_mix(s ^ splitmix64_mix(uint64_t(h) * 2 + 2 + kGoldenGamma));
+  return SplitMix64{s};
 }
 
-// Uniform in (0, 1) from 53 random bits, and standard normals by Box–Muller: written out rather
-// than std::normal_distribution so the draws do not depend on the standard library.
-double uniform_open(std::mt19937_64& g) { return (double(g() >> 11) + 0.5) * 0x1.0p-53; }
-
-void fill_normal(std::mt19937_64& g, double* out, int64_t n) {
-  for (int64_t i = 0; i < n; i += 2) {
-    const double r = std::sqrt(-2.0 * std::log(uniform_open(g)));
-    const double t = 2.0 * M_PI * uniform_open(g);
-    out[i] = r * std::cos(t);
-    if (i + 1 < n) out[i + 1] = r * std::sin(t);
-  }
+void fill_normal(SplitMix64& g, double* out, int64_t n) {
+  NormalStream normal{g};
+  for (int64_t i = 0; i < n; ++i) out[i] = normal.next();
+  g = normal.rng;
 }
 
 int64_t next_pow2(int64_t x) {
@@ -77,7 +64,7 @@ std::vector<T> draw_hash_params(const YosoParams<T>& p, int64_t b, int64_t h) {
   }
   HadamardShape s(D, p.hash_bits, p.num_hashes);
   std::vector<T> signs(s.rotations * 3 * s.dpad);
-  for (auto& x : signs) x = (g() >> 63) ? T(1) : T(-1);
+  for (auto& x : signs) x = (g.next() >> 63) ? T(1) : T(-1);
   return signs;
 }
 
@@ -229,4 +216,5 @@ void yoso_hash(const YosoParams<T>& p, int32_t* q_codes, int32_t* k_codes) {
 template void yoso_hash<float>(const YosoParams<float>&, int32_t*, int32_t*);
 template void yoso_hash<double>(const YosoParams<double>&, int32_t*, int32_t*);
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels

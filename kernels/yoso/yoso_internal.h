@@ -1,5 +1,8 @@
 // Helpers shared by the YOSO kernels (not part of the public interface).
 #pragma once
+#include "kernels/common/scratch.h"
+#include "kernels/common/parallel.h"
+#include "kernels/common/isa_namespace.h"
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,12 +16,12 @@
 #include "kernels/common/tensor_view.h"
 #include "kernels/yoso/yoso.h"
 
-namespace longattn::kernels::yoso_detail {
+namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace yoso_detail {
 
 // torch's F.normalize eps: q̂ = q / max(‖q‖, eps).
 inline constexpr double kNormEps = 1e-12;
-
-inline int resolve_threads(int threads) { return threads <= 0 ? omp_get_max_threads() : threads; }
 
 // Threads worth using for `items` work items totalling about `flops`: one below ~1 MFLOP, where
 // waking a team costs more than it saves (and far more on a loaded machine), and never more
@@ -76,37 +79,6 @@ inline float fast_acos(float x) {
 }
 inline double fast_acos(double x) { return std::acos(x); }
 
-// A growable scratch array on 2 MiB-aligned memory advised to use transparent huge pages: the LSH
-// kernels touch its rows in random order, and with 4 KiB pages nearly every touch of a large
-// array would also miss the TLB. Contents are unspecified after grow().
-template <class T>
-class HugeBuffer {
- public:
-  HugeBuffer() = default;
-  HugeBuffer(const HugeBuffer&) = delete;
-  HugeBuffer& operator=(const HugeBuffer&) = delete;
-  ~HugeBuffer() { std::free(data_); }
-  T* data() const { return data_; }
-  T* grow(size_t n) {
-    if (n > capacity_) {
-      std::free(data_);
-      constexpr size_t kAlign = size_t(2) << 20;
-      const size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
-      data_ = static_cast<T*>(std::aligned_alloc(kAlign, bytes));
-      if (data_ == nullptr) throw std::bad_alloc();
-#ifdef __linux__
-      madvise(data_, bytes, MADV_HUGEPAGE);
-#endif
-      capacity_ = bytes / sizeof(T);
-    }
-    return data_;
-  }
-
- private:
-  T* data_ = nullptr;
-  size_t capacity_ = 0;
-};
-
 // Scratch budgets of the LSH kernels for one group of hashes processed together: bucket rows
 // listed and pair weights stored. Defaults bound scratch to ~32 MiB + 4 Mi·sizeof(T) per thread
 // whatever m and the spread of the codes; tests lower them to exercise the grouping. Not meant
@@ -127,4 +99,6 @@ inline GroupBudget& group_budget() {
 int64_t sort_by_code(const int32_t* codes, int64_t n, int tau, int32_t* order, int32_t* sorted,
                      int32_t* tmp_order, int32_t* tmp_codes, int32_t* counts);
 
-}  // namespace longattn::kernels::yoso_detail
+}  // namespace yoso_detail
+LONGATTN_ISA_END
+}  // namespace longattn::kernels

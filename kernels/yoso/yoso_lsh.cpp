@@ -23,6 +23,7 @@
 #include "kernels/yoso/yoso_internal.h"
 
 namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
 namespace {
 
 using namespace yoso_detail;
@@ -191,13 +192,13 @@ void yoso_forward(const YosoParams<T>& p, const int32_t* q_codes, const int32_t*
   const int64_t B = p.q.B, H = p.q.H, Nq = p.q.N, Nk = p.k.N, Dv = p.v.D, m = p.num_hashes;
   const Chunking cv = chunking<T>(Dv, Nk, 2), ca{Dv, Nq, cv.cw, cv.nc};
   struct Scratch {
-    HugeBuffer<T> v, acc;
+    HugePageBuffer<T> v, acc;
     std::vector<T> sum;
     SharedBuckets buckets;
     Scratch(const Chunking& cv_, const Chunking& ca_)
         : sum(cv_.cw), buckets(ca_.N, cv_.N) {
-      v.grow(cv_.size());
-      acc.grow(ca_.size());
+      v.resize(cv_.size());
+      acc.resize(ca_.size());
     }
   };
   const int threads = threads_for(p.threads, B * H, 2.0 * B * H * m * (Nq + Nk) * Dv);
@@ -243,7 +244,7 @@ struct BackwardShapes {
 // gathers.
 template <class T>
 struct BackwardScratch {
-  HugeBuffer<T> q, g, k, v, dq, dk, dv;
+  HugePageBuffer<T> q, g, k, v, dq, dk, dv;
   std::vector<T> inv_q, inv_k, pairs, gsum;
   std::vector<T> ra, rb, rout, mk, mq;
   SharedBuckets buckets;
@@ -251,8 +252,8 @@ struct BackwardScratch {
       : inv_q(c.q.N), inv_k(c.k.N), gsum(c.g.cw), ra(kChunk * c.q.width),
         rb(kChunk * c.v.width), rout(kChunk * c.q.width), mk(c.q.width * c.v.width),
         mq(c.q.width * c.v.width), buckets(c.q.N, c.k.N) {
-    q.grow(c.q.size()), dq.grow(c.q.size()), g.grow(c.g.size());
-    k.grow(c.k.size()), dk.grow(c.k.size()), v.grow(c.v.size()), dv.grow(c.v.size());
+    q.resize(c.q.size()), dq.resize(c.q.size()), g.resize(c.g.size());
+    k.resize(c.k.size()), dk.resize(c.k.size()), v.resize(c.v.size()), dv.resize(c.v.size());
   }
 };
 
@@ -451,4 +452,5 @@ void yoso_backward_lsh(const YosoParams<T>& p, const int32_t* q_codes, const int
 LONGATTN_YOSO_LSH(float)
 LONGATTN_YOSO_LSH(double)
 
+LONGATTN_ISA_END
 }  // namespace longattn::kernels
