@@ -9,7 +9,7 @@ CCACHE := $(shell command -v ccache 2>/dev/null)
 LAUNCHER := $(if $(CCACHE),-DCMAKE_CXX_COMPILER_LAUNCHER=$(CCACHE),)
 export CCACHE_BASEDIR := $(CURDIR)
 
-.PHONY: all setup build build-asan test demo bench clean
+.PHONY: all setup build build-asan test fuzz demo bench clean
 
 all: build
 
@@ -32,6 +32,16 @@ build-asan: setup $(ASAN_BUILD)/build.ninja
 
 test: build build-asan
 	@$(PY) scripts/run_tests.py --build $(BUILD) --asan-build $(ASAN_BUILD)
+
+# Long property-based runs: every operator (tests/python/test_properties.py) and the tool's flags
+# (tests/python/test_cli.py) under the random "fuzz" profile: FUZZ_EXAMPLES examples per operator
+# test, FUZZ_CLI_EXAMPLES tool runs.
+FUZZ_EXAMPLES ?= 3000
+FUZZ_CLI_EXAMPLES ?= 300
+fuzz: build
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_CLI_EXAMPLES=$(FUZZ_CLI_EXAMPLES) PYTHONPATH=python OMP_WAIT_POLICY=passive \
+	  $(PY) -m pytest -q tests/python/test_properties.py tests/python/test_cli.py -k "property or fuzz" \
+	  --hypothesis-show-statistics
 
 demo: build
 	@bash scripts/demo.sh $(BUILD)

@@ -1,6 +1,8 @@
 // The `longattn` command-line tool.
+#include <algorithm>
 #include <exception>
 #include <iostream>
+#include <string>
 
 #include "command.h"
 
@@ -18,6 +20,8 @@ void usage(std::ostream& out) {
   for (auto& c : commands()) out << "  " << c.name << std::string(10 - std::min<size_t>(9, c.name.size()), ' ') << c.summary << "\n";
   out << "\n`longattn <command> --help` lists a command's flags.\n";
 }
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
 }  // namespace
 }  // namespace longattn::app
@@ -39,11 +43,15 @@ int main(int argc, char** argv) {
     try {
       return c.run(args);
     } catch (const UsageError& e) {
-      std::cerr << "longattn " << name << ": " << e.what() << "\n(see `longattn " << name
+      std::cerr << "longattn " << name << ": " << first_line(e.what()) << "\n(see `longattn " << name
                 << " --help`)\n";
       return 2;
     } catch (const std::exception& e) {
-      std::cerr << "longattn " << name << ": error: " << e.what() << "\n";
+      // torch's c10::Error appends a C++ backtrace after the first line; a user needs the message.
+      std::cerr << "longattn " << name << ": error: " << first_line(e.what()) << "\n";
+      return 1;
+    } catch (...) {
+      std::cerr << "longattn " << name << ": error: unknown exception\n";
       return 1;
     }
   }

@@ -192,6 +192,9 @@ std::shared_ptr<AttentionCoreImpl> make_attention_core(const AttentionSpec& spec
 // ---------------------------------------------------------------- multi-head layer
 
 MultiHeadAttentionImpl::MultiHeadAttentionImpl(const AttentionSpec& spec) : spec_(spec) {
+  if (spec.heads < 1 || spec.dim < 1)
+    throw std::invalid_argument("attention: heads and dim must be >= 1, got heads " + std::to_string(spec.heads) +
+                                ", dim " + std::to_string(spec.dim));
   if (spec.dim % spec.heads != 0)
     throw std::invalid_argument("dim " + std::to_string(spec.dim) + " is not a multiple of heads " + std::to_string(spec.heads));
   qkv_ = register_module("qkv", torch::nn::Linear(spec.dim, 3 * spec.dim));

@@ -3,12 +3,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/dropout/dropout.h"
 #include "longattn/dropout.h"
 
 namespace longattn::nn {
 
 DropoutImpl::DropoutImpl(double p) : p_(p) {
-  if (!(p >= 0.0 && p < 1.0)) throw std::invalid_argument("Dropout: p must be in [0, 1), got " + std::to_string(p));
+  if (!(p >= 0.0 && p <= kernels::kDropoutMaxP))
+    throw std::invalid_argument("Dropout: p must be in [0, 1 - 2^-16] (the mask's resolution), got " +
+                                std::to_string(p));
 }
 
 torch::Tensor DropoutImpl::forward(const torch::Tensor& x) {

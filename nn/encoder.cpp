@@ -45,6 +45,9 @@ ModelConfig ModelConfig::from_string(const std::string& text) {
 
 EncoderImpl::EncoderImpl(const ModelConfig& c) : c_(c) {
   if (c.vocab_size <= 0) throw std::invalid_argument("model: vocab_size must be positive");
+  for (auto [name, v] : {std::pair<const char*, int64_t>{"layers", c.layers}, {"dim", c.dim}, {"heads", c.heads},
+                         {"ffn", c.ffn}, {"max_len", c.max_len}})
+    if (v < 1) throw std::invalid_argument(std::string("model: ") + name + " must be >= 1, got " + std::to_string(v));
   if (c.positions != "learned" && c.positions != "none")
     throw std::invalid_argument("positions must be learned or none, got '" + c.positions + "'");
   embed_ = register_module("embed", torch::nn::Embedding(c.vocab_size, c.dim));
@@ -73,7 +76,20 @@ EncoderImpl::EncoderImpl(const ModelConfig& c) : c_(c) {
   drop_ = register_module("drop", Dropout(c.dropout));
 }
 
-torch::Tensor EncoderImpl::forward(const torch::Tensor& tokens, const torch::Tensor& mask) {
+namespace {
+// The key mask [B, N] bool; an undefined one means every token takes part (no padding).
+torch::Tensor full_mask(const torch::Tensor& tokens, const torch::Tensor& mask) {
+  TORCH_CHECK(tokens.dim() == 2, "model: tokens must be [B, N], got ", tokens.sizes());
+  if (!mask.defined()) return torch::ones(tokens.sizes(), tokens.options().dtype(torch::kBool));
+  TORCH_CHECK(mask.sizes() == tokens.sizes() && mask.scalar_type() == torch::kBool,
+              "model: mask must be bool ", tokens.sizes(), " like the tokens, got ", mask.scalar_type(), " ",
+              mask.sizes());
+  return mask;
+}
+}  // namespace
+
+torch::Tensor EncoderImpl::forward(const torch::Tensor& tokens, const torch::Tensor& mask_in) {
+  const torch::Tensor mask = full_mask(tokens, mask_in);
   const int64_t n = tokens.size(1);
   TORCH_CHECK(n <= c_.max_len, "model: sequence of ", n, " tokens, but the model was built for at most ", c_.max_len);
   auto x = embed_->forward(tokens);
@@ -102,11 +118,13 @@ torch::Tensor ClassifierImpl::pool(const torch::Tensor& h, const torch::Tensor& 
   return (h * m).sum(1) / m.sum(1).clamp_min(1.0);
 }
 
-torch::Tensor ClassifierImpl::forward(const torch::Tensor& tokens, const torch::Tensor& mask, const torch::Tensor& tokens2,
-                                      const torch::Tensor& mask2) {
+torch::Tensor ClassifierImpl::forward(const torch::Tensor& tokens, const torch::Tensor& mask_in,
+                                      const torch::Tensor& tokens2, const torch::Tensor& mask2_in) {
+  const torch::Tensor mask = full_mask(tokens, mask_in);
   auto u = pool(encoder_->forward(tokens, mask), mask);
   if (!c_.paired) return head_->forward(u);
   TORCH_CHECK(tokens2.defined(), "retrieval model: the second documents are missing");
+  const torch::Tensor mask2 = full_mask(tokens2, mask2_in);
   auto v = pool(encoder_->forward(tokens2, mask2), mask2);
   return head_->forward(torch::cat({u, v, u * v, u - v}, 1));
 }

@@ -60,7 +60,8 @@ torch::Tensor FastRPBImpl::forward(const torch::Tensor& v_in, const torch::Tenso
     throw std::invalid_argument("FastRPB: v must be [B, " + std::to_string(o.heads) + ", N, D]");
   const int64_t n = v_in.size(2);
   torch::Tensor v = v_in;
-  if (key_mask.defined()) v = v * key_mask.unsqueeze(1).unsqueeze(-1).to(v.dtype());
+  // masked_fill, not a product: a masked token's garbage (NaN) must not reach the sum.
+  if (key_mask.defined()) v = v.masked_fill(key_mask.logical_not().unsqueeze(1).unsqueeze(-1), 0);
   const int64_t lead = o.two_d ? n - o.height * o.width : o.special_tokens;
   if (lead < 0 || (o.two_d && lead < o.special_tokens))
     throw std::invalid_argument("FastRPB: " + std::to_string(n) + " tokens do not hold " +

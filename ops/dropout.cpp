@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <sstream>
 #include <string>
 
 #include "kernels/dropout/dropout.h"
@@ -49,7 +50,13 @@ at::Tensor dropout_impl(const at::Tensor& x, double p, int64_t seed) {
   check_float_dtype(op, "x", x);
   if (!x.device().is_cpu())
     fail(op, "only CPU tensors are supported in this build, got " + x.device().str());
-  if (!(p >= 0.0 && p < 1.0)) fail(op, "p must be in [0, 1), got " + std::to_string(p));
+  if (!(p >= 0.0 && p <= kernels::kDropoutMaxP)) {
+    std::ostringstream msg;
+    msg.precision(17);
+    msg << "p must be in [0, 1 - 2^-16] (the mask's resolution is 2^-16; a larger p would drop every element), got "
+        << p;
+    fail(op, msg.str());
+  }
   return DropoutFunction::apply(x, p, seed);
 }
 

@@ -8,6 +8,7 @@
 #include "kernels/shatter/shatter.h"
 #include "longattn/shatter.h"
 #include "ops/checks.h"
+#include "ops/masked_rows.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
@@ -162,7 +163,8 @@ at::Tensor shatter_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
   }
   const double s = scale ? *scale : (D > 0 ? 1.0 / std::sqrt(static_cast<double>(D)) : 1.0);
   if (!std::isfinite(s)) fail(kOp, "scale must be finite, got " + std::to_string(s));
-  return ShatterFunction::apply(last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v),
+  return ShatterFunction::apply(last_dim_contiguous(q), last_dim_contiguous(zero_masked_rows(k, mask, 1)),
+                                last_dim_contiguous(zero_masked_rows(v, mask, 2)),
                                 partition.contiguous(), mask, activation == "sigmoid", causal, s);
 }
 

@@ -8,6 +8,7 @@
 #include "kernels/softmax_attention/softmax_attention.h"
 #include "longattn/softmax_attention.h"
 #include "ops/checks.h"
+#include "ops/masked_rows.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
@@ -154,8 +155,8 @@ at::Tensor softmax_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
   }
   double s = scale ? *scale : (D > 0 ? 1.0 / std::sqrt(static_cast<double>(D)) : 1.0);
   if (!std::isfinite(s)) fail(kOp, "scale must be finite, got " + std::to_string(s));
-  return SoftmaxAttentionFunction::apply(last_dim_contiguous(q), last_dim_contiguous(k),
-                                         last_dim_contiguous(v), mask, bias, causal, s);
+  return SoftmaxAttentionFunction::apply(last_dim_contiguous(q), last_dim_contiguous(zero_masked_rows(k, mask, 2)),
+                                         last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, bias, causal, s);
 }
 
 }  // namespace

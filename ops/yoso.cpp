@@ -6,6 +6,7 @@
 #include "kernels/yoso/yoso.h"
 #include "longattn/yoso.h"
 #include "ops/checks.h"
+#include "ops/masked_rows.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
@@ -243,8 +244,10 @@ at::Tensor yoso_attention_impl(const at::Tensor& q, const at::Tensor& k, const a
   else fail(kOp, "hashing must be 'gaussian' or 'hadamard', got '" + std::string(hashing) + "'");
   if (backward != "lsh" && backward != "exact")
     fail(kOp, "backward must be 'lsh' or 'exact', got '" + std::string(backward) + "'");
-  return YosoAttentionFunction::apply(last_dim_contiguous(q), last_dim_contiguous(k),
-                                      last_dim_contiguous(v), mask, hash_bits, num_hashes, seed,
+  // Masked queries (self-attention) and keys take part in nothing: zero their rows (see zero_masked_rows).
+  const at::Tensor qz = q.size(2) == k.size(2) ? zero_masked_rows(q, mask, 2) : q;
+  return YosoAttentionFunction::apply(last_dim_contiguous(qz), last_dim_contiguous(zero_masked_rows(k, mask, 2)),
+                                      last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, hash_bits, num_hashes, seed,
                                       h, backward == "lsh");
 }
 
@@ -256,8 +259,9 @@ at::Tensor yoso_expectation_impl(const at::Tensor& q, const at::Tensor& k, const
   if (backward == "exact") d = int64_t(kernels::YosoDerivative::exact);
   else if (backward == "surrogate") d = int64_t(kernels::YosoDerivative::surrogate);
   else fail(kOpE, "backward must be 'exact' or 'surrogate', got '" + std::string(backward) + "'");
-  return YosoExpectationFunction::apply(last_dim_contiguous(q), last_dim_contiguous(k),
-                                        last_dim_contiguous(v), mask, hash_bits, d);
+  const at::Tensor qz = q.size(2) == k.size(2) ? zero_masked_rows(q, mask, 2) : q;
+  return YosoExpectationFunction::apply(last_dim_contiguous(qz), last_dim_contiguous(zero_masked_rows(k, mask, 2)),
+                                        last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, hash_bits, d);
 }
 
 }  // namespace

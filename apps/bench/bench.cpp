@@ -201,20 +201,22 @@ std::string markdown(const std::vector<Record>& recs, double sgemm, int threads)
 int run_bench(const Args& args) {
   Flags flags("bench",
               {{"suite", "comma-separated suites (default: all); see --list"},
-               {"cases", "only cases whose name contains one of these (comma-separated)"},
+               {"cases", "only cases whose name contains one of these, comma-separated (default: all)"},
                {"n", "sequence lengths, e.g. 1024,4096 (default: the suite's grid)"},
-               {"b", "batch"}, {"h", "heads"}, {"d", "head dim"},
+               {"b", "batch, >= 1 (default: the suite's grid)"}, {"h", "heads, >= 1 (default: the suite's grid)"},
+               {"d", "head dim, >= 1 (default: the suite's grid)"},
                {"causal", "0, 1 or 0,1 (default: the suite's grid)"},
                {"rel-bias", "0, 1 or 0,1 (default: the suite's grid)"},
-               {"modes", "fwd,fwd+bwd (default both)"},
+               {"modes", "fwd and/or fwd+bwd, comma-separated (default: both)"},
                {"reps", "timed repetitions per measurement (default 5)"},
                {"warmup", "warm-up runs (default 1; the first also measures memory)"},
                {"budget", "seconds per measurement before repetitions are cut (default 20)"},
                {"threads", "thread count (default 2)"},
                {"dtype", "float32 or float64 (default float32)"},
                {"max-gib", "skip cases whose estimated working set exceeds this (default 16)"},
-               {"json", "write results as JSON to this file"},
-               {"md", "write the Markdown table to this file"}},
+               {"json", "write results as JSON to this file (default: none)"},
+               {"md", "write the Markdown table to this file (default: none)"}},
+              {"quick", "the suites' small grids"}, {"list", "list the suites and cases, run nothing"}},
               {"quick", "list"});
   if (app::wants_help(args)) {
     std::cout << "usage: longattn bench [flags]\n" << flags.help();
@@ -228,19 +230,22 @@ int run_bench(const Args& args) {
     }
     return 0;
   }
-  const int threads = static_cast<int>(flags.get_int("threads", 2));
-  if (threads < 1) throw UsageError("--threads must be >= 1");
-  at::set_num_threads(threads);
-  set_max_case_bytes(flags.get_double("max-gib", 16) * double(1ull << 30));
-  const int reps = static_cast<int>(flags.get_int("reps", 5));
-  const int warmup = static_cast<int>(flags.get_int("warmup", 1));
-  const double budget = flags.get_double("budget", 20);
-  if (reps < 1 || warmup < 1) throw UsageError("--reps and --warmup must be >= 1");
+  const int threads = static_cast<int>(flags.get_int("threads", 2, 1, 1024));
+  const double max_gib = flags.get_double("max-gib", 16, 0.0, 1e6, true);
+  const int reps = static_cast<int>(flags.get_int("reps", 5, 1, 1000000));
+  const int warmup = static_cast<int>(flags.get_int("warmup", 1, 1, 1000000));
+  const double budget = flags.get_double("budget", 20, 0.0, 1e9, true);
   auto modes = flags.get_list("modes", {"fwd", "fwd+bwd"});
   for (auto& m : modes)
-    if (m != "fwd" && m != "fwd+bwd") throw UsageError("--modes takes fwd and/or fwd+bwd, got " + m);
-  std::string dtype = flags.get("dtype", "float32");
-  if (dtype != "float32" && dtype != "float64") throw UsageError("--dtype is float32 or float64");
+    if (m != "fwd" && m != "fwd+bwd")
+      throw UsageError("flag --modes got '" + m + "'; allowed: fwd, fwd+bwd");
+  std::string dtype = flags.get_choice("dtype", "float32", {"float32", "float64"});
+  const auto ns = flags.get_int_list("n", {}, 1);
+  const auto causals = flags.get_int_list("causal", {}, 0, 1);
+  const auto biases = flags.get_int_list("rel-bias", {}, 0, 1);
+  const int64_t b_flag = flags.get_int("b", 0, 1), h_flag = flags.get_int("h", 0, 1), d_flag = flags.get_int("d", 0, 1);
+  at::set_num_threads(threads);
+  set_max_case_bytes(max_gib * double(1ull << 30));
 
   std::vector<std::string> wanted = flags.get_list("suite", {});
   for (auto& w : wanted) {
@@ -249,7 +254,7 @@ int run_bench(const Args& args) {
     if (!found) {
       std::string known;
       for (auto& s : suites()) known += (known.empty() ? "" : ", ") + s.name;
-      throw UsageError("unknown suite '" + w + "'; known: " + known);
+      throw UsageError("flag --suite got '" + w + "'; allowed: " + known);
     }
   }
   auto case_filter = flags.get_list("cases", {});
@@ -266,14 +271,11 @@ int run_bench(const Args& args) {
     if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), suite.name) == wanted.end()) continue;
     std::vector<Shape> grid = suite.default_grid(flags.has("quick"));
     // Command-line overrides replace the grid's values along that axis.
-    auto ns = flags.get_int_list("n", {});
-    auto causals = flags.get_int_list("causal", {});
-    auto biases = flags.get_int_list("rel-bias", {});
     std::vector<Shape> expanded;
     for (auto base : grid) {
-      if (flags.has("b")) base.B = flags.get_int("b", base.B);
-      if (flags.has("h")) base.H = flags.get_int("h", base.H);
-      if (flags.has("d")) base.D = flags.get_int("d", base.D);
+      if (flags.has("b")) base.B = b_flag;
+      if (flags.has("h")) base.H = h_flag;
+      if (flags.has("d")) base.D = d_flag;
       base.dtype = dtype == "float64" ? at::kDouble : at::kFloat;
       std::vector<int64_t> n_axis = ns.empty() ? std::vector<int64_t>{base.N} : ns;
       std::vector<int64_t> c_axis = causals.empty() ? std::vector<int64_t>{base.causal} : causals;

@@ -196,10 +196,19 @@ Dataset read_dataset(const std::string& path) {
   Dataset ds;
   if (!kv.count("task")) throw DataError(path, 1, "header lacks task=");
   ds.task = kv["task"];
-  ds.vocab_size = int32_t(header_int("vocab_size"));
-  ds.num_classes = int32_t(header_int("num_classes"));
-  ds.height = int32_t(header_int("height"));
-  ds.width = int32_t(header_int("width"));
+  // Bounds far above any real task that keep a corrupt header from sizing a model's embedding or
+  // head beyond memory (the allocator's error would name no file).
+  auto bounded = [&](const char* key, int64_t limit) {
+    const int64_t v = header_int(key);
+    if (v > limit)
+      throw DataError(path, 1, std::string("header ") + key + "=" + std::to_string(v) + " exceeds the limit " +
+                                   std::to_string(limit));
+    return int32_t(v);
+  };
+  ds.vocab_size = bounded("vocab_size", kMaxVocabSize);
+  ds.num_classes = bounded("num_classes", kMaxClasses);
+  ds.height = bounded("height", kMaxSide);
+  ds.width = bounded("width", kMaxSide);
   const int64_t paired = header_int("paired");
   if (paired > 1) throw DataError(path, 1, "header paired= must be 0 or 1");
   ds.paired = paired == 1;

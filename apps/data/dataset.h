@@ -15,6 +15,11 @@ constexpr int32_t kPadToken = 0;
 constexpr int32_t kClsToken = 1;
 constexpr int32_t kSepToken = 2;
 constexpr int32_t kFirstTaskToken = 3;
+// Largest header values a dataset file may declare (dataset files, docs/data.md): 2^24 tokens, 2^20
+// classes, 2^15 pixels a side.
+constexpr int64_t kMaxVocabSize = int64_t(1) << 24;
+constexpr int64_t kMaxClasses = int64_t(1) << 20;
+constexpr int64_t kMaxSide = int64_t(1) << 15;
 
 struct Example {
   std::vector<int32_t> tokens;

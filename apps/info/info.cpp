@@ -21,13 +21,13 @@ std::string build_info() {
 }
 
 int run_info(const Args& args) {
-  Flags flags("info", {{"threads", "thread count to report and use (default: torch's)"}});
+  Flags flags("info", {{"threads", "thread count to report and use, >= 1 (default: torch's)"}});
   if (wants_help(args)) {
     std::cout << "usage: longattn info [--threads N]\n" << flags.help();
     return 0;
   }
   flags.parse(args);
-  if (flags.has("threads")) at::set_num_threads(static_cast<int>(flags.get_int("threads", 1)));
+  if (flags.has("threads")) at::set_num_threads(static_cast<int>(flags.get_int("threads", 1, 1, 1024)));
   auto f = kernels::cpu_features();
   std::istringstream lines(build_info());
   std::cout << "longattn\n";

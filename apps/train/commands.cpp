@@ -3,176 +3,185 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
-#include <set>
 #include <stdexcept>
+#include <limits>
 #include <string>
+#include <vector>
 
 #include "apps/data/tasks.h"
+#include "apps/flags.h"
 #include "apps/train/progress.h"
 #include "apps/train/trainer.h"
 
 namespace longattn::train {
 namespace {
 
-// "--key value" and "--flag" arguments; every option must be known to the command.
-class Args {
- public:
-  Args(int argc, char** argv, const std::set<std::string>& flags, const std::set<std::string>& valued) {
-    for (int i = 0; i < argc; ++i) {
-      std::string a = argv[i];
-      if (a.rfind("--", 0) != 0) throw std::invalid_argument("unexpected argument '" + a + "'");
-      a = a.substr(2);
-      std::string value;
-      const auto eq = a.find('=');
-      if (eq != std::string::npos) value = a.substr(eq + 1), a = a.substr(0, eq);
-      if (flags.count(a)) {
-        values_[a] = "1";
-      } else if (valued.count(a)) {
-        if (eq == std::string::npos) {
-          if (i + 1 >= argc) throw std::invalid_argument("--" + a + " needs a value");
-          value = argv[++i];
-        }
-        values_[a] = value;
-      } else {
-        std::string known;
-        for (const auto& k : valued) known += " --" + k;
-        for (const auto& k : flags) known += " --" + k;
-        throw std::invalid_argument("unknown option --" + a + "; known:" + known);
-      }
-    }
-  }
-  std::string get(const std::string& k, const std::string& d) const {
-    auto it = values_.find(k);
-    return it == values_.end() ? d : it->second;
-  }
-  int64_t get_int(const std::string& k, int64_t d) const {
-    auto it = values_.find(k);
-    if (it == values_.end()) return d;
-    size_t pos = 0;
-    const int64_t v = std::stoll(it->second, &pos);
-    if (pos != it->second.size()) throw std::invalid_argument("--" + k + " " + it->second + ": not an integer");
-    return v;
-  }
-  double get_double(const std::string& k, double d) const {
-    auto it = values_.find(k);
-    if (it == values_.end()) return d;
-    size_t pos = 0;
-    const double v = std::stod(it->second, &pos);
-    if (pos != it->second.size()) throw std::invalid_argument("--" + k + " " + it->second + ": not a number");
-    return v;
-  }
-  bool flag(const std::string& k) const { return values_.count(k) != 0; }
+using app::Flags;
+using app::UsageError;
 
- private:
-  std::map<std::string, std::string> values_;
+// Flags every command that reads a task shares.
+const std::map<std::string, std::string> kTaskFlags = {
+    {"task", "task name, required; one of: " + std::string(data::task_names())},
+    {"task-options", "the task's key=value options, comma-separated (default: none; docs/data.md lists them)"},
 };
+
+std::map<std::string, std::string> with_task_flags(std::map<std::string, std::string> m) {
+  m.insert(kTaskFlags.begin(), kTaskFlags.end());
+  return m;
+}
 
 // --eval-limit N keeps the first N validation and test examples (quicker evaluation; the
 // summary then reports accuracy on those N).
-data::Splits task_from(const Args& a) {
-  const std::string task = a.get("task", "");
-  if (task.empty()) throw std::invalid_argument(std::string("--task NAME is required; known tasks: ") + data::task_names());
-  data::Options o = data::Options::parse(a.get("task-options", ""));
+data::Splits task_from(const Flags& f) {
+  const std::string task = f.require("task", std::string("the task; known tasks: ") + data::task_names());
+  data::Options o = data::Options::parse(f.get("task-options", ""));
+  const int64_t limit = f.has("eval-limit") ? f.get_int("eval-limit", 0, 0) : 0;
   data::Splits s = data::load_task(task, o);
-  const int64_t limit = a.get_int("eval-limit", 0);
-  if (limit < 0) throw std::invalid_argument("--eval-limit must be >= 0 (0: every example)");
   for (data::Dataset* d : {&s.val, &s.test})
     if (limit > 0 && d->examples.size() > size_t(limit)) d->examples.resize(size_t(limit));
   return s;
 }
 
-template <class F>
-int guarded(const char* name, F&& f) {
-  try {
-    return f();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "longattn %s: error: %s\n", name, e.what());
-    return 2;
-  }
+bool print_help(const app::Args& args, const char* usage, const Flags& f) {
+  if (!app::wants_help(args)) return false;
+  std::printf("%s\n%s", usage, f.help().c_str());
+  return true;
 }
+
+// The upper bounds keep a typo from asking for terabytes (a dim of 1e9 would); they are far above
+// anything the tool trains on one machine.
+constexpr int64_t kMaxWidth = 1 << 16;    // dim, ffn
+constexpr int64_t kMaxThreads = 1 << 10;
 
 }  // namespace
 
-int data_command(int argc, char** argv) {
-  return guarded("data", [&] {
-    Args a(argc, argv, {}, {"task", "task-options", "out"});
-    const std::string out = a.get("out", "");
-    if (out.empty()) throw std::invalid_argument("--out FOLDER is required (train.tsv, val.tsv, test.tsv go there)");
-    const data::Splits s = task_from(a);
-    data::write_splits(s, out);
-    std::printf("wrote %s/{train,val,test}.tsv: %zu / %zu / %zu examples, vocab %d, %d classes, longest %lld tokens\n",
-                out.c_str(), s.train.size(), s.val.size(), s.test.size(), s.train.vocab_size, s.train.num_classes,
-                (long long)std::max({s.train.max_length(), s.val.max_length(), s.test.max_length()}));
-    return 0;
-  });
+int data_command(const app::Args& args) {
+  Flags f("data", with_task_flags({{"out", "output folder, required (train.tsv, val.tsv, test.tsv go there)"}}));
+  if (print_help(args, "usage: longattn data --task NAME [--task-options K=V,...] --out FOLDER", f)) return 0;
+  f.parse(args);
+  const std::string out = f.require("out", "the folder train.tsv, val.tsv, test.tsv go to");
+  const data::Splits s = task_from(f);
+  data::write_splits(s, out);
+  std::printf("wrote %s/{train,val,test}.tsv: %zu / %zu / %zu examples, vocab %d, %d classes, longest %lld tokens\n",
+              out.c_str(), s.train.size(), s.val.size(), s.test.size(), s.train.vocab_size, s.train.num_classes,
+              (long long)std::max({s.train.max_length(), s.val.max_length(), s.test.max_length()}));
+  return 0;
 }
 
-int train_command(int argc, char** argv) {
-  return guarded("train", [&] {
-    Args a(argc, argv, {"resume", "quiet"},
-           {"task", "task-options", "attention", "fastrpb", "layers", "dim", "heads", "ffn", "dropout", "positions",
-            "pooling", "steps", "batch", "lr", "warmup", "weight-decay", "clip", "eval-every", "log-every", "threads",
-            "seed", "out", "stop-after", "eval-limit", "bucket"});
-    TrainConfig c;
-    c.model.attention = a.get("attention", "softmax");
-    c.model.fastrpb = a.get("fastrpb", "none");
-    c.model.layers = a.get_int("layers", 2);
-    c.model.dim = a.get_int("dim", 64);
-    c.model.heads = a.get_int("heads", 2);
-    c.model.ffn = a.get_int("ffn", 128);
-    c.model.dropout = a.get_double("dropout", 0.1);
-    c.model.positions = a.get("positions", "learned");
-    c.model.pooling = a.get("pooling", "mean");
-    c.steps = a.get_int("steps", 1000);
-    c.batch = a.get_int("batch", 32);
-    c.bucket = a.get_int("bucket", 1);
-    if (c.bucket < 1) throw std::invalid_argument("--bucket must be >= 1 (batches per length-sorted pool; 1: off)");
-    c.lr = a.get_double("lr", 1e-3);
-    c.warmup = a.get_int("warmup", 100);
-    c.weight_decay = a.get_double("weight-decay", 0.01);
-    c.clip = a.get_double("clip", 1.0);
-    c.eval_every = a.get_int("eval-every", 200);
-    c.log_every = a.get_int("log-every", 20);
-    c.threads = int(a.get_int("threads", 0));
-    c.seed = uint64_t(a.get_int("seed", 0));
-    c.model.seed = c.seed;
-    c.out_dir = a.get("out", "");
-    c.resume = a.flag("resume");
-    c.quiet = a.flag("quiet");
-    c.stop_after = a.get_int("stop-after", -1);
-    const data::Splits s = task_from(a);
-    const TrainResult r = train(c, s);
-    if (r.steps_done < c.steps) {
-      std::printf("stopped at step %lld of %lld; continue with --resume\n", (long long)r.steps_done, (long long)c.steps);
-      return 0;
+int train_command(const app::Args& args) {
+  Flags f("train",
+          with_task_flags({
+              {"attention", "attention mechanism (default softmax); one of: " + nn::attention_names()},
+              {"fastrpb", "FastRPB relative position bias: none, 1d or 2d (2d: image tasks only) (default none)"},
+              {"layers", "encoder blocks, >= 1 (default 2)"},
+              {"dim", "model width, >= 1 and a multiple of --heads (default 64)"},
+              {"heads", "attention heads, >= 1 (default 2)"},
+              {"ffn", "feed-forward width, >= 1 (default 128)"},
+              {"dropout", "dropout probability in [0, 1) (default 0.1)"},
+              {"positions", "learned or none (default learned)"},
+              {"pooling", "mean or cls (default mean)"},
+              {"steps", "optimiser steps, >= 1 (default 1000)"},
+              {"batch", "examples per step, >= 1 (default 32)"},
+              {"bucket", "batches per length-sorted pool, >= 1; 1: no bucketing (default 1)"},
+              {"lr", "peak learning rate, a finite number > 0 (default 0.001)"},
+              {"warmup", "linear warm-up steps, >= 0 (default 100)"},
+              {"weight-decay", "AdamW weight decay, a finite number >= 0 (default 0.01)"},
+              {"clip", "max global gradient norm, a finite number >= 0; 0: off (default 1)"},
+              {"eval-every", "evaluate and checkpoint every N steps, >= 0; 0: only at the end (default 200)"},
+              {"log-every", "progress line every N steps when not on a terminal, >= 1 (default 20)"},
+              {"threads", "intra-op threads, >= 0; 0: torch's default (default 0)"},
+              {"seed", "random seed in [0, 2^64 - 1] (default 0)"},
+              {"out", "folder for checkpoints and metrics.jsonl (default: none, keeps nothing)"},
+              {"stop-after", "stop (checkpointing) after this step as if interrupted, >= -1; -1: never (default -1)"},
+              {"eval-limit", "evaluate on the first N validation/test examples, >= 0; 0: all (default 0)"},
+              {"resume", "continue from --out's latest.ckpt"},
+              {"quiet", "no progress output"},
+          }),
+          {"resume", "quiet"});
+  if (print_help(args, "usage: longattn train --task NAME [flags]", f)) return 0;
+  f.parse(args);
+  TrainConfig c;
+  {
+    std::vector<std::string> names;
+    std::string all = nn::attention_names();
+    for (size_t pos = 0; pos <= all.size();) {
+      size_t comma = all.find(", ", pos);
+      names.push_back(all.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
+      if (comma == std::string::npos) break;
+      pos = comma + 2;
     }
-    std::printf("attention %s%s: test accuracy %.4f (loss %.4f), val accuracy %.4f (best %.4f), %lld parameters, "
-                "wall %s, %.0f tokens/s, peak memory %.0f MiB, %d threads\n",
-                c.model.attention.c_str(), c.model.fastrpb == "none" ? "" : (" + FastRPB " + c.model.fastrpb).c_str(),
-                r.test.accuracy, r.test.loss, r.val.accuracy, r.best_val_accuracy, (long long)r.parameters,
-                format_duration(r.wall_seconds).c_str(), r.tokens_per_second, r.peak_memory_mib, r.threads);
+    c.model.attention = f.get_choice("attention", "softmax", names);
+  }
+  c.model.fastrpb = f.get_choice("fastrpb", "none", {"none", "1d", "2d"});
+  c.model.layers = f.get_int("layers", 2, 1, 1024);
+  c.model.heads = f.get_int("heads", 2, 1, kMaxWidth);
+  c.model.dim = f.get_int("dim", 64, 1, kMaxWidth);
+  if (c.model.dim % c.model.heads != 0)
+    throw UsageError("flag --dim got '" + std::to_string(c.model.dim) + "'; allowed: a multiple of --heads (" +
+                     std::to_string(c.model.heads) + ")");
+  c.model.ffn = f.get_int("ffn", 128, 1, kMaxWidth);
+  c.model.dropout = f.get_double("dropout", 0.1, 0.0, 1.0, false, true);
+  c.model.positions = f.get_choice("positions", "learned", {"learned", "none"});
+  c.model.pooling = f.get_choice("pooling", "mean", {"mean", "cls"});
+  c.steps = f.get_int("steps", 1000, 1);
+  c.batch = f.get_int("batch", 32, 1, 1 << 20);
+  c.bucket = f.get_int("bucket", 1, 1, 1 << 20);
+  c.lr = f.get_double("lr", 1e-3, 0.0, std::numeric_limits<double>::max(), true);
+  c.warmup = f.get_int("warmup", 100, 0);
+  c.weight_decay = f.get_double("weight-decay", 0.01, 0.0);
+  c.clip = f.get_double("clip", 1.0, 0.0);
+  c.eval_every = f.get_int("eval-every", 200, 0);
+  c.log_every = f.get_int("log-every", 20, 1);
+  c.threads = int(f.get_int("threads", 0, 0, kMaxThreads));
+  c.seed = f.get_uint64("seed", 0);
+  c.model.seed = c.seed;
+  c.out_dir = f.get("out", "");
+  c.resume = f.has("resume");
+  if (c.resume && c.out_dir.empty()) throw UsageError("flag --resume needs --out FOLDER (the interrupted run's)");
+  c.quiet = f.has("quiet");
+  c.stop_after = f.get_int("stop-after", -1, -1);
+  const data::Splits s = task_from(f);
+  if (c.model.fastrpb == "2d" && (s.train.height <= 0 || s.train.width <= 0))
+    throw UsageError("flag --fastrpb got '2d', but task '" + f.get("task", "") +
+                     "' is not an image (no height and width); allowed here: none, 1d");
+  const TrainResult r = train(c, s);
+  if (r.steps_done < c.steps) {
+    std::printf("stopped at step %lld of %lld; continue with --resume\n", (long long)r.steps_done, (long long)c.steps);
     return 0;
-  });
+  }
+  std::printf("attention %s%s: test accuracy %.4f (loss %.4f), val accuracy %.4f (best %.4f), %lld parameters, "
+              "wall %s, %.0f tokens/s, peak memory %.0f MiB, %d threads\n",
+              c.model.attention.c_str(), c.model.fastrpb == "none" ? "" : (" + FastRPB " + c.model.fastrpb).c_str(),
+              r.test.accuracy, r.test.loss, r.val.accuracy, r.best_val_accuracy, (long long)r.parameters,
+              format_duration(r.wall_seconds).c_str(), r.tokens_per_second, r.peak_memory_mib, r.threads);
+  return 0;
 }
 
-int eval_command(int argc, char** argv) {
-  return guarded("eval", [&] {
-    Args a(argc, argv, {}, {"checkpoint", "task", "task-options", "batch", "threads", "eval-limit"});
-    const std::string ckpt = a.get("checkpoint", "");
-    if (ckpt.empty()) throw std::invalid_argument("--checkpoint FILE is required");
-    if (a.get_int("threads", 0) > 0) torch::set_num_threads(int(a.get_int("threads", 0)));
-    nn::Classifier model = load_model(ckpt);
-    const data::Splits s = task_from(a);
-    const auto& m = model->config();
-    if (s.test.vocab_size > m.vocab_size || s.test.num_classes != m.num_classes)
-      throw std::invalid_argument("the task's vocabulary (" + std::to_string(s.test.vocab_size) + ") or classes (" +
-                                  std::to_string(s.test.num_classes) + ") do not match the checkpoint's model (" +
-                                  std::to_string(m.vocab_size) + ", " + std::to_string(m.num_classes) + ")");
-    const EvalResult r = evaluate(model, s.test, a.get_int("batch", 64));
-    std::printf("test accuracy %.4f, loss %.4f, %lld examples (peak memory %.0f MiB, %d threads)\n", r.accuracy,
-                r.loss, (long long)r.examples, peak_memory_mib(), torch::get_num_threads());
-    return 0;
-  });
+int eval_command(const app::Args& args) {
+  Flags f("eval", with_task_flags({
+                      {"checkpoint", "checkpoint file written by train, required"},
+                      {"batch", "examples per forward pass, >= 1 (default 64)"},
+                      {"threads", "intra-op threads, >= 0; 0: torch's default (default 0)"},
+                      {"eval-limit", "evaluate on the first N test examples, >= 0; 0: all (default 0)"},
+                  }));
+  if (print_help(args, "usage: longattn eval --checkpoint FILE --task NAME [flags]", f)) return 0;
+  f.parse(args);
+  const std::string ckpt = f.require("checkpoint", "a checkpoint file written by `longattn train`");
+  const int64_t batch = f.get_int("batch", 64, 1, 1 << 20);
+  const int threads = int(f.get_int("threads", 0, 0, kMaxThreads));
+  f.get_int("eval-limit", 0, 0);
+  if (threads > 0) torch::set_num_threads(threads);
+  nn::Classifier model = load_model(ckpt);
+  const data::Splits s = task_from(f);
+  const auto& m = model->config();
+  if (s.test.vocab_size > m.vocab_size || s.test.num_classes != m.num_classes)
+    throw std::invalid_argument("the task's vocabulary (" + std::to_string(s.test.vocab_size) + ") or classes (" +
+                                std::to_string(s.test.num_classes) + ") do not match the checkpoint's model (" +
+                                std::to_string(m.vocab_size) + ", " + std::to_string(m.num_classes) + ")");
+  const EvalResult r = evaluate(model, s.test, batch);
+  std::printf("test accuracy %.4f, loss %.4f, %lld examples (peak memory %.0f MiB, %d threads)\n", r.accuracy,
+              r.loss, (long long)r.examples, peak_memory_mib(), torch::get_num_threads());
+  return 0;
 }
 
 }  // namespace longattn::train

@@ -115,6 +115,7 @@ static std::vector<int64_t> example_lengths(const data::Dataset& ds) {
 }
 
 EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batch) {
+  if (batch < 1) throw std::invalid_argument("evaluate: batch must be >= 1, got " + std::to_string(batch));
   torch::NoGradGuard no_grad;
   const bool was_training = model->is_training();
   model->eval();
@@ -153,7 +154,11 @@ nn::Classifier load_model(const std::string& path) {
 
 TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
   if (cfg.threads > 0) torch::set_num_threads(cfg.threads);  // torch's ops and the longattn kernels
-  if (cfg.steps < 1 || cfg.batch < 1) throw std::invalid_argument("train: steps and batch must be at least 1");
+  if (cfg.steps < 1 || cfg.batch < 1 || cfg.eval_batch < 1 || cfg.warmup < 0 || cfg.eval_every < 0 ||
+      cfg.log_every < 1 || cfg.threads < 0 || !(cfg.clip >= 0) || !std::isfinite(cfg.clip) || !(cfg.lr > 0) ||
+      !std::isfinite(cfg.lr) || !(cfg.weight_decay >= 0) || !std::isfinite(cfg.weight_decay))
+    throw std::invalid_argument("train: need steps, batch, eval_batch, log_every >= 1; warmup, eval_every, threads >= 0; "
+                                "finite clip, weight_decay >= 0 and lr > 0");
   data::validate(splits.train);
   nn::ModelConfig mc = cfg.model;
   fit_model_to_data(mc, splits);

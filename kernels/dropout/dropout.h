@@ -15,8 +15,12 @@
 
 namespace longattn::kernels {
 
+// The largest drop probability: above it p * 65536 would round to 65536 and drop everything
+// (a keep probability of 0 has no scale), so callers reject such p.
+constexpr double kDropoutMaxP = 1.0 - 1.0 / 65536.0;
+
 struct DropoutParams {
-  double p = 0.0;       // in [0, 1)
+  double p = 0.0;       // in [0, kDropoutMaxP]
   uint64_t seed = 0;
   int threads = 0;      // <= 0: OpenMP default
 };

@@ -1,4 +1,8 @@
 // Entry points: path choice for 1-D, and 2-D by 1-D products on row and column sums.
+//
+// With `causal`, an output never depends on a later row, whatever its value: the direct path
+// never reads excluded rows (not even times zero: 0 * inf is NaN), and the FFT path, which mixes
+// all rows, redoes on the direct path any (batch, head) holding an inf or NaN.
 #include "kernels/toeplitz/toeplitz.h"
 
 #include <cmath>
@@ -28,15 +32,38 @@ bool use_fft(const ToeplitzParams<T>& p) {
   if (p.path != ToeplitzPath::Auto) return p.path == ToeplitzPath::Fft;
   return toeplitz_choose_path(p.x.N, p.x.D, p.causal) == ToeplitzPath::Fft;
 }
+
+template <class T>
+bool slice_is_finite(const BHND<const T>& x, int64_t b, int64_t h) {
+  for (int64_t n = 0; n < x.N; ++n) {
+    const T* r = x.row(b, h, n);
+    for (int64_t k = 0; k < x.D; ++k)
+      if (!std::isfinite(r[k])) return false;
+  }
+  return true;
+}
 }  // namespace
 
 template <class T>
 void toeplitz_forward(const ToeplitzParams<T>& p, BHND<T> y) {
   if (p.x.B * p.x.H * p.x.N * p.x.D == 0) return;
-  if (use_fft(p))
-    toeplitz_detail::fft_forward(p, y);
-  else
-    toeplitz_detail::direct_forward(p, y);
+  if (!use_fft(p)) return toeplitz_detail::direct_forward(p, y);
+  toeplitz_detail::fft_forward(p, y);
+  if (!p.causal) return;
+  // The FFT mixes every input row into every output row, so one inf or NaN would reach the
+  // earlier outputs of its (batch, head) too. Causal outputs must not depend on later rows
+  // whatever their values: such slices are redone on the direct path, which never reads them.
+  const int64_t B = p.x.B, H = p.x.H;
+  std::vector<uint8_t> finite(B * H);
+  parallel_for(B * H, p.threads, [&](int64_t bh) { finite[bh] = slice_is_finite(p.x, bh / H, bh % H); });
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      if (finite[b * H + h]) continue;
+      ToeplitzParams<T> one = p;
+      one.x = BHND<const T>{p.x.row(b, h, 0), 1, 1, p.x.N, p.x.D, 0, 0, p.x.sn};
+      one.coeffs = p.coeffs + h * p.coeffs_stride_h;
+      toeplitz_detail::direct_forward(one, BHND<T>{y.row(b, h, 0), 1, 1, y.N, y.D, 0, 0, y.sn});
+    }
 }
 
 template <class T>

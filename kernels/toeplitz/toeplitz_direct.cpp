@@ -21,22 +21,22 @@ constexpr int RB = 4;  // output rows per register block
 
 // out_r = sum_s c[N - 1 + (s - r)] in_s for r in [0, N), where pairs with (s - r) of the
 // excluded sign are skipped: causal_lower keeps s <= r, causal_upper keeps s >= r.
-// `cb` is scratch of N * RB coefficients.
+// `cb` is scratch of N * RB coefficients. An excluded input row is never read, not even times a
+// zero: 0 * inf is NaN, and a future value must not reach an earlier output. So the input rows
+// that only some rows of a register block keep (the block's diagonal) are added row by row.
 template <class T>
 void banded_product(const T* c, int64_t N, int64_t C, const T* in, int64_t in_sn, T* out,
                     int64_t out_sn, bool causal_lower, bool causal_upper, T* cb) {
   constexpr int CT = 2 * fft::kLanes<T>;  // channel tile: two vectors per row
   for (int64_t r0 = 0; r0 < N; r0 += RB) {
     const int rb = static_cast<int>(std::min<int64_t>(RB, N - r0));
-    const int64_t slo = causal_upper ? r0 : 0;
-    const int64_t shi = causal_lower ? std::min<int64_t>(N, r0 + rb) : N;
-    // cb[s][r] = coefficient of input row s for output row r0 + r (0 where excluded).
+    const bool banded = causal_lower || causal_upper;
+    // [slo, shi): input rows every row of the block keeps; [r0, r0 + rb) is the diagonal when banded.
+    const int64_t slo = causal_upper ? r0 + rb : 0;
+    const int64_t shi = causal_lower ? r0 : N;
+    // cb[s][r] = coefficient of input row s for output row r0 + r (0 for rows past the end).
     for (int64_t s = slo; s < shi; ++s)
-      for (int r = 0; r < RB; ++r) {
-        const int64_t row = r0 + r;
-        const bool keep = r < rb && !(causal_lower && s > row) && !(causal_upper && s < row);
-        cb[(s - slo) * RB + r] = keep ? c[N - 1 + s - row] : T(0);
-      }
+      for (int r = 0; r < RB; ++r) cb[(s - slo) * RB + r] = r < rb ? c[N - 1 + s - (r0 + r)] : T(0);
     for (int64_t k0 = 0; k0 < C; k0 += CT) {
       const int64_t ct = std::min<int64_t>(CT, C - k0);
       T acc[RB][CT] = {};
@@ -58,6 +58,16 @@ void banded_product(const T* c, int64_t N, int64_t C, const T* in, int64_t in_sn
             for (int64_t k = 0; k < ct; ++k) acc[r][k] += cs[r] * xs[k];
         }
       }
+      if (banded)
+        for (int r = 0; r < rb; ++r) {
+          const int64_t row = r0 + r;
+          const int64_t lo = causal_lower ? r0 : row, hi = causal_lower ? row + 1 : r0 + rb;
+          for (int64_t s = lo; s < hi; ++s) {
+            const T a = c[N - 1 + s - row];
+            const T* xs = in + s * in_sn + k0;
+            for (int64_t k = 0; k < ct; ++k) acc[r][k] += a * xs[k];
+          }
+        }
       for (int r = 0; r < rb; ++r) std::copy(acc[r], acc[r] + ct, out + (r0 + r) * out_sn + k0);
     }
   }

@@ -17,6 +17,9 @@ namespace {
 using namespace yoso_detail;
 
 constexpr int64_t kBq = 64, kBk = 256;
+// |cos θ| above which the angle is recomputed from the rows (Block::cosines); below it arccos's
+// condition number 1/sin θ is at most 7.1.
+constexpr double kNearParallel = 0.99;
 
 // out[i] = base[i]^e by squaring, each step one vectorisable pass (e is the same for all i).
 template <class T>
@@ -47,17 +50,36 @@ void all_inverse_norms(const YosoParams<T>& p, std::vector<T>& inv_q, std::vecto
 // Per-block scratch and the cosine block X[r, c] = q̂_{i0+r}ᵀ k̂_{j0+c} (nq × nk, row stride kBk).
 template <class T>
 struct Block {
-  std::vector<T> x, e, w, s, t;
-  Block() : x(kBq * kBk), e(kBq * kBk), w(kBq * kBk), s(kBq * kBk), t(kBq * kBk) {}
+  std::vector<T> x, e, w, s, t, a;  // a: the angle θ_ij / π
+  Block() : x(kBq * kBk), e(kBq * kBk), w(kBq * kBk), s(kBq * kBk), t(kBq * kBk), a(kBq * kBk) {}
 
   void cosines(const YosoParams<T>& p, int64_t b, int64_t h, int64_t i0, int64_t nq, int64_t j0,
                int64_t nk, const T* inv_q, const T* inv_k) {
     gemm(false, true, nq, nk, p.q.D, T(1), p.q.row(b, h, i0), p.q.sn, p.k.row(b, h, j0), p.k.sn,
          T(0), x.data(), kBk);
+    const T inv_pi = T(1.0 / M_PI);
     for (int64_t r = 0; r < nq; ++r) {
       T* xr = x.data() + r * kBk;
+      T* ar = a.data() + r * kBk;
       const T iq = inv_q[i0 + r];
       for (int64_t c = 0; c < nk; ++c) xr[c] *= iq * inv_k[j0 + c];
+      for (int64_t c = 0; c < nk; ++c) ar[c] = fast_acos(std::clamp(xr[c], T(-1), T(1))) * inv_pi;
+      // Near q ∥ ±k, arccos of a rounded cosine loses half the digits (θ ≈ √(2(1−x)): a cosine off
+      // by 6e-8 in float32 moves θ by 3e-4). Those few pairs get θ = 2·atan2(‖q̂−k̂‖, ‖q̂+k̂‖) from
+      // the rows themselves, in double, which is accurate at every angle.
+      for (int64_t c = 0; c < nk; ++c) {
+        if (!(std::fabs(xr[c]) > kNearParallel)) continue;
+        const T* qr = p.q.row(b, h, i0 + r);
+        const T* kr = p.k.row(b, h, j0 + c);
+        const double sq = double(iq), sk = double(inv_k[j0 + c]);
+        double diff = 0, sum = 0;
+        for (int64_t d = 0; d < p.q.D; ++d) {
+          const double qd = double(qr[d]) * sq, kd = double(kr[d]) * sk;
+          diff += (qd - kd) * (qd - kd);
+          sum += (qd + kd) * (qd + kd);
+        }
+        ar[c] = T(2.0 * std::atan2(std::sqrt(diff), std::sqrt(sum)) / M_PI);
+      }
     }
   }
 
@@ -67,7 +89,7 @@ struct Block {
     const int tau = p.hash_bits;
     const int64_t n = nq * kBk;
     const T inv_pi = T(1.0 / M_PI);
-    for (int64_t i = 0; i < n; ++i) t[i] = T(1) - fast_acos(std::clamp(x[i], T(-1), T(1))) * inv_pi;
+    for (int64_t i = 0; i < n; ++i) t[i] = T(1) - a[i];
     ipow_array(t.data(), e.data(), s.data(), n, tau);
     if (derivative && *derivative == YosoDerivative::surrogate) {
       for (int64_t i = 0; i < n; ++i) w[i] = T(0.5 * tau) * e[i];

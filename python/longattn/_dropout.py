@@ -1,5 +1,7 @@
 import torch
 
+from ._seed import seed_bits
+
 __all__ = ["dropout"]
 
 
@@ -11,4 +13,4 @@ def dropout(x, p, seed):
     inverse of the rounded keep probability, so E[y] = x exactly. Always applies (the module
     ``longattn.nn.Dropout`` is the identity in eval mode). Differentiable in x.
     """
-    return torch.ops.longattn.dropout(x, float(p), int(seed))
+    return torch.ops.longattn.dropout(x, float(p), seed_bits("dropout", seed))

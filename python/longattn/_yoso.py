@@ -1,5 +1,7 @@
 import torch
 
+from ._seed import seed_bits
+
 __all__ = ["yoso_attention", "yoso_expectation"]
 
 
@@ -22,7 +24,7 @@ def yoso_attention(q, k, v, *, hash_bits, num_hashes, seed, key_padding_mask=Non
     (linear cost); ``'exact'`` computes it over all pairs (O(N²) time, O(N) memory).
     """
     return torch.ops.longattn.yoso_attention(
-        q, k, v, hash_bits=hash_bits, num_hashes=num_hashes, seed=seed,
+        q, k, v, hash_bits=hash_bits, num_hashes=num_hashes, seed=seed_bits("yoso_attention", seed),
         key_padding_mask=key_padding_mask, hashing=hashing, backward=backward)
 
 

@@ -14,8 +14,10 @@ class Dropout(nn.Module):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        # 1 - 2^-16: the mask's resolution (kernels/dropout/dropout.h, kDropoutMaxP); a larger p
+        # would round to 1 and drop every element.
+        if not 0.0 <= p <= 1.0 - 2.0**-16:
+            raise ValueError(f"Dropout: p must be in [0, 1 - 2^-16] (the mask's resolution), got {p!r}")
         self.p = p
 
     def extra_repr(self):

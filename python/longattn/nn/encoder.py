@@ -235,12 +235,27 @@ class ModelConfig:
     seed: int = 0
 
 
+def _full_mask(tokens, mask):
+    """The key mask [B, N] bool; None means every token takes part."""
+    if tokens.dim() != 2:
+        raise ValueError(f"model: tokens must be [B, N], got shape {list(tokens.shape)}")
+    if mask is None:
+        return torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
+    if mask.shape != tokens.shape or mask.dtype != torch.bool:
+        raise ValueError(f"model: mask must be bool {list(tokens.shape)} like the tokens, "
+                         f"got {mask.dtype} {list(mask.shape)}")
+    return mask
+
+
 class Encoder(nn.Module):
     """Token embedding, learned absolute positions (or none), pre-LayerNorm blocks
     x += drop(attn(LN(x))), x += drop(FFN(LN(x))) with a GELU FFN, a final LayerNorm."""
 
     def __init__(self, c):
         super().__init__()
+        for name in ("layers", "dim", "heads", "ffn", "max_len"):
+            if getattr(c, name) < 1:
+                raise ValueError(f"model: {name} must be >= 1, got {getattr(c, name)}")
         if c.positions not in ("learned", "none"):
             raise ValueError(f"positions must be learned or none, got '{c.positions}'")
         self.c = c
@@ -261,8 +276,9 @@ class Encoder(nn.Module):
         self.final_norm = nn.LayerNorm(c.dim)
         self.drop = Dropout(c.dropout)
 
-    def forward(self, tokens, mask):
-        """tokens [B, N] int64, mask [B, N] bool -> [B, N, dim]"""
+    def forward(self, tokens, mask=None):
+        """tokens [B, N] int64, mask [B, N] bool (None: no padding) -> [B, N, dim]"""
+        mask = _full_mask(tokens, mask)
         n = tokens.shape[1]
         if n > self.c.max_len:
             raise ValueError(f"model: sequence of {n} tokens, but the model was built for at most {self.c.max_len}")
@@ -295,12 +311,15 @@ class Classifier(nn.Module):
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
-    def forward(self, tokens, mask, tokens2=None, mask2=None):
+    def forward(self, tokens, mask=None, tokens2=None, mask2=None):
+        """Logits [B, classes]; a mask None means no padding."""
+        mask = _full_mask(tokens, mask)
         u = self.pool(self.encoder(tokens, mask), mask)
         if not self.c.paired:
             return self.head(u)
         if tokens2 is None:
             raise ValueError("retrieval model: the second documents are missing")
+        mask2 = _full_mask(tokens2, mask2)
         v = self.pool(self.encoder(tokens2, mask2), mask2)
         return self.head(torch.cat([u, v, u * v, u - v], 1))
 

@@ -23,6 +23,11 @@ class FastRPB(torch.nn.Module):
     def __init__(self, heads, max_len, *, kind="full", two_d=False, height=0, width=0,
                  separate_axes=False, causal=False, special_tokens=0):
         super().__init__()
+        for name, val in (("heads", heads), ("max_len", max_len)):
+            if not isinstance(val, int) or val < 1:
+                raise ValueError(f"FastRPB: {name} must be an integer >= 1, got {val!r}")
+        if not isinstance(special_tokens, int) or special_tokens < 0:
+            raise ValueError(f"FastRPB: special_tokens must be an integer >= 0, got {special_tokens!r}")
         if kind not in ("full", "symmetric"):
             raise ValueError(f'FastRPB: kind must be "full" or "symmetric", got "{kind}"')
         if two_d and not (1 <= height <= max_len and 1 <= width <= max_len):
@@ -59,7 +64,8 @@ class FastRPB(torch.nn.Module):
             raise ValueError(f"FastRPB: v must be [B, {self.heads}, N, D], got {list(v.shape)}")
         n = v.shape[2]
         if key_padding_mask is not None:
-            v = v * key_padding_mask[:, None, :, None].to(v.dtype)
+            # masked_fill, not a product: a masked token's garbage (NaN) must not reach the sum.
+            v = v.masked_fill(~key_padding_mask[:, None, :, None], 0)
         lead = n - self.height * self.width if self.two_d else self.special_tokens
         if lead < 0 or (self.two_d and lead < self.special_tokens):
             raise ValueError(f"FastRPB: {n} tokens do not hold {self.special_tokens} special tokens and the grid")

@@ -98,6 +98,11 @@ class Shatter(nn.Module):
         super().__init__()
         if activation not in ("softmax", "sigmoid"):
             raise ValueError(f"Shatter: activation must be 'softmax' or 'sigmoid', got {activation!r}")
+        for name, val in (("embed_dim", embed_dim), ("num_parts", num_parts), ("qk_dim", qk_dim)):
+            if not isinstance(val, int) or val < 1:
+                raise ValueError(f"Shatter: {name} must be an integer >= 1, got {val!r}")
+        if value_dim is not None and (not isinstance(value_dim, int) or value_dim < 1):
+            raise ValueError(f"Shatter: value_dim must be an integer >= 1 or None, got {value_dim!r}")
         kw = {"device": device, "dtype": dtype}
         if not key_projection:
             qk_dim = embed_dim
@@ -111,6 +116,8 @@ class Shatter(nn.Module):
         self.partition = ShatterPartition(num_parts, partition, **(partition_options or {}), **kw)
 
     def forward(self, x, key_padding_mask=None):
+        if x.dim() != 3 or x.shape[2] != self.embed_dim:
+            raise ValueError(f"Shatter: x must have shape [B, N, {self.embed_dim}], got {list(x.shape)}")
         B, N, _ = x.shape
         q = self.q_proj(x)
         k = self.k_proj(x) if self.k_proj is not None else x

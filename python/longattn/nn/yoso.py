@@ -3,6 +3,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .._seed import seed_bits
 from .._yoso import yoso_attention, yoso_expectation
 
 __all__ = ["YOSOAttention"]
@@ -30,6 +31,13 @@ class YOSOAttention(nn.Module):
     def __init__(self, num_heads, hash_bits, num_hashes=32, *, conv_window=None,
                  hashing="hadamard", backward="lsh", use_expectation=False, seed=0):
         super().__init__()
+        if not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"YOSOAttention: num_heads must be an integer >= 1, got {num_heads!r}")
+        # An even window would make the padded convolution one position longer than the sequence.
+        if conv_window is not None and (not isinstance(conv_window, int) or conv_window < 1 or conv_window % 2 == 0):
+            raise ValueError(f"YOSOAttention: conv_window must be None or an odd integer >= 1, got {conv_window!r}")
+        if not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"YOSOAttention: seed must be an integer in [0, 2**64), got {seed!r}")
         self.num_heads = num_heads
         self.hash_bits = hash_bits
         self.num_hashes = num_hashes
@@ -60,7 +68,7 @@ class YOSOAttention(nn.Module):
     def next_seed(self):
         """The seed of this call: fresh from the generator in training, ``seed`` in eval."""
         if not self.training:
-            return self.seed
+            return seed_bits("YOSOAttention", self.seed)
         return int(torch.randint(0, 2**62, (1,), generator=self._generator).item())
 
     def forward(self, q, k, v, key_padding_mask=None):
@@ -75,6 +83,7 @@ class YOSOAttention(nn.Module):
                                hashing=self.hashing, backward=self.backward)
         x = F.normalize(x, p=2, dim=-1)
         if self.conv is not None:
-            masked_v = v if key_padding_mask is None else v * key_padding_mask[:, None, :, None].to(v.dtype)
+            # masked_fill, not a product: a masked token's garbage (NaN) must not reach the sum.
+            masked_v = v if key_padding_mask is None else v.masked_fill(~key_padding_mask[:, None, :, None], 0)
             x = x + self.conv(masked_v)
         return x
