@@ -351,10 +351,9 @@ void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRp
       if (g.grad_eps_log_scale) {
         // d z_i / d mu_i = -z_i eps_i / D_i, with eps_i in the row's own scale.
         T gm = 0;
-        if (live && p.eps > 0) {
+        if (live && p.eps > 0 && !g.direct[bh * N + i]) {  // direct rows: below
           const double mu_i = p.eps_log_scale ? double(p.eps_log_scale[bh * N + i]) : 0.0;
-          const double ls = g.direct[bh * N + i] ? row_shift(sl, i, p.causal) : sl.G(i);
-          gm = static_cast<T>(-double(dot) * eps_scaled(p.eps, &mu_i, ls) / double(D));
+          gm = static_cast<T>(-double(dot) * eps_scaled(p.eps, &mu_i, sl.G(i)) / double(D));
         }
         g.grad_eps_log_scale[bh * N + i] = gm;
       }
@@ -407,35 +406,56 @@ void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRp
         if (c.d < Dv) g.grad_v.row(b, h, j)[c.d] += dv * sl.kappa[j];
       }
     }
-    // Direct rows, term by term in double, with the forward's shift.
-    std::vector<double> ga(m);
+    // Direct rows, term by term in double, with the forward's shift. Their denominator is
+    // recomputed in double too: rounded to T it can underflow (relu rows with tiny features).
+    std::vector<double> ga(m), ghd(Dv + 1);
     for (int64_t i = 0; i < N; ++i) {
       if (!g.direct[bh * N + i]) continue;
-      const T* r = gh + i * (Dv + 1);
-      bool zero = true;
-      for (int64_t d = 0; d <= Dv; ++d) zero = zero && r[d] == T(0);
       const double M = row_shift(sl, i, p.causal);
-      if (zero || M == kNegInf) continue;
+      if (M == kNegInf) continue;
       const T* a = p.phi_q.row(b, h, i);
-      std::fill(ga.begin(), ga.end(), 0.0);
-      for (int64_t j = 0; j <= (p.causal ? i : N - 1); ++j) {
+      const int64_t jend = p.causal ? i + 1 : N;
+      auto weight = [&](int64_t j, double* pj) {  // omega_ij and p_ij = a_i . K_j
+        const T* kf = p.phi_k.row(b, h, j);
+        double s = 0;
+        for (int64_t mm = 0; mm < m; ++mm) s += double(a[mm]) * kf[mm];
+        *pj = s;
+        return std::exp(double(sl.bias[j - i + N - 1]) + sl.ell[j] - M);
+      };
+      const double mu_i = p.eps_log_scale ? double(p.eps_log_scale[bh * N + i]) : 0.0;
+      const double e = eps_scaled(p.eps, &mu_i, M);
+      double D = e;
+      for (int64_t j = 0; j < jend; ++j) {
         if (!sl.on[j]) continue;
-        const int64_t t = j - i + N - 1;
-        const double om = std::exp(double(sl.bias[t]) + sl.ell[j] - M);
+        double pj;
+        const double om = weight(j, &pj);
+        D += om * pj;
+      }
+      if (!(D > 0) || !std::isfinite(D)) continue;
+      const T* gz = g.grad_out.row(b, h, i);
+      const T* zi = g.out.row(b, h, i);
+      double dot = 0;
+      for (int64_t d = 0; d < Dv; ++d) ghd[d] = double(gz[d]) / D, dot += double(gz[d]) * zi[d];
+      ghd[Dv] = -dot / D;
+      if (g.grad_eps_log_scale) g.grad_eps_log_scale[bh * N + i] = static_cast<T>(-dot * e / D);
+      std::fill(ga.begin(), ga.end(), 0.0);
+      for (int64_t j = 0; j < jend; ++j) {
+        if (!sl.on[j]) continue;
+        double pj;
+        const double om = weight(j, &pj);
         if (om == 0) continue;
         const T* kf = p.phi_k.row(b, h, j);
         const T* vj = p.v.row(b, h, j);
-        double pj = 0, qj = r[Dv];
-        for (int64_t mm = 0; mm < m; ++mm) pj += double(a[mm]) * kf[mm];
-        for (int64_t d = 0; d < Dv; ++d) qj += double(r[d]) * vj[d];
+        double qj = ghd[Dv];
+        for (int64_t d = 0; d < Dv; ++d) qj += ghd[d] * vj[d];
         T* gk = g.grad_phi_k.row(b, h, j);
         T* gv = g.grad_v.row(b, h, j);
         for (int64_t mm = 0; mm < m; ++mm) {
           ga[mm] += om * qj * kf[mm];
           gk[mm] += static_cast<T>(om * qj * a[mm]);
         }
-        for (int64_t d = 0; d < Dv; ++d) gv[d] += static_cast<T>(om * pj * r[d]);
-        if (want_b) direct_gb[bh * R + t] += om * pj * qj;
+        for (int64_t d = 0; d < Dv; ++d) gv[d] += static_cast<T>(om * pj * ghd[d]);
+        if (want_b) direct_gb[bh * R + j - i + N - 1] += om * pj * qj;
       }
       T* gq = g.grad_phi_q.row(b, h, i);
       for (int64_t mm = 0; mm < m; ++mm) gq[mm] += static_cast<T>(ga[mm]);
