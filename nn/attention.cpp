@@ -43,20 +43,25 @@ class SoftmaxCore : public AttentionCoreImpl {
 // Kernelized attention (longattn::kernelized_attention) with a named feature map: "elu" (linear,
 // Katharopoulos et al.), "sikf" (FastRPB's shift-invariant exp), "favor" (Performer's positive
 // random features, a fixed orthogonal projection per head drawn from the layer's seed; q and k
-// scaled by Dh^-1/4 so that the kernel estimates softmax(q k^T / sqrt(Dh))).
+// scaled by Dh^-1/4 so that the kernel estimates softmax(q k^T / sqrt(Dh))). With rel_bias, Luo
+// et al. (2021): a learned relative-position bias b [H, 2 max_len - 1] weights key j for query i
+// by e^{b[j-i]} (kernelized_attention's rel_bias: the same feature maps and eps).
 class KernelizedCore : public AttentionCoreImpl {
  public:
-  KernelizedCore(const AttentionSpec& s, std::string feature_map) : map_(std::move(feature_map)) {
+  KernelizedCore(const AttentionSpec& s, std::string feature_map, bool rel_bias)
+      : map_(std::move(feature_map)), max_len_(s.max_len) {
     if (map_ == "favor") {
       RandomFeaturesOptions o;
       o.heads = s.heads;
       omega_ = register_buffer("omega", random_features(kFavorFeatures, s.dim / s.heads, int64_t(s.seed % (1ull << 62)), o));
     }
+    if (rel_bias) bias_ = register_parameter("rel_bias", torch::zeros({s.heads, 2 * s.max_len - 1}));
   }
   torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const torch::Tensor& key_mask) override {
     KernelizedAttentionOptions o;
     o.key_padding_mask = key_mask;
+    if (bias_.defined()) o.rel_bias = central_bias(bias_, max_len_, q.size(2), "kernelized-rpe").to(q.dtype());
     if (map_ != "favor") return kernelized_attention(q, k, v, map_, o);
     o.projection = omega_.to(q.dtype());
     const double s = std::pow(double(q.size(3)), -0.25);
@@ -65,42 +70,6 @@ class KernelizedCore : public AttentionCoreImpl {
 
  private:
   std::string map_;
-  torch::Tensor omega_;
-};
-
-// Luo et al. (2021): kernelized attention with a relative positional encoding, the weights
-// e^{b[j-i]} phi(q_i).phi(k_j), by longattn::kernelized_rpe_attention. phi = Performer's positive
-// random features; the exp is stabilised by subtracting the row maximum for queries and the
-// maximum over all keys of a (batch, head) for keys, scales that cancel in the ratio.
-class KernelizedRpeCore : public AttentionCoreImpl {
- public:
-  explicit KernelizedRpeCore(const AttentionSpec& s) : max_len_(s.max_len) {
-    RandomFeaturesOptions o;
-    o.heads = s.heads;
-    omega_ = register_buffer("omega", random_features(kFavorFeatures, s.dim / s.heads, int64_t(s.seed % (1ull << 62)), o));
-    bias_ = register_parameter("rel_bias", torch::zeros({s.heads, 2 * s.max_len - 1}));
-  }
-  torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                        const torch::Tensor& key_mask) override {
-    const double s = std::pow(double(q.size(3)), -0.25);
-    auto w = omega_.to(q.dtype()).unsqueeze(0);  // [1, H, m, Dh]
-    auto logits = [&](const torch::Tensor& x) {
-      auto xs = x * s;
-      return torch::matmul(xs, w.transpose(-1, -2)) - 0.5 * xs.pow(2).sum(-1, true);  // [B, H, N, m]
-    };
-    auto lq = logits(q), lk = logits(k);
-    auto m = key_mask.unsqueeze(1).unsqueeze(-1);  // [B, 1, N, 1]
-    auto lk_max = lk.masked_fill(m.logical_not(), -INFINITY).amax({2, 3}, true).clamp_min(-1e30).detach();
-    auto phi_q = torch::exp(lq - lq.amax(-1, true).detach());
-    auto phi_k = torch::exp(lk - lk_max) * m.to(q.dtype());
-    KernelizedRpeOptions o;
-    o.key_padding_mask = key_mask;
-    o.eps = 1e-6;
-    auto b = central_bias(bias_, max_len_, q.size(2), "kernelized-rpe").to(q.dtype());
-    return kernelized_rpe_attention(phi_q, phi_k, v, b, o);
-  }
-
- private:
   int64_t max_len_;
   torch::Tensor omega_, bias_;
 };
@@ -142,13 +111,13 @@ std::vector<AttentionEntry> builtin_attentions() {
   r.push_back({"softmax-rpe", "exact softmax attention with a learned relative-position bias per head",
                [](const AttentionSpec& s) { return std::make_shared<SoftmaxCore>(s, true); }});
   r.push_back({"linear", "linear attention, elu(x)+1 features (Katharopoulos et al.)",
-               [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "elu"); }});
+               [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "elu", false); }});
   r.push_back({"sikf", "linear attention with the shift-invariant exp kernel (Zubkov & Gavrilov)",
-               [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "sikf"); }});
+               [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "sikf", false); }});
   r.push_back({"favor", "Performer's FAVOR+: positive orthogonal random features, 64 per head",
-               [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "favor"); }});
+               [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "favor", false); }});
   r.push_back({"kernelized-rpe", "random-feature attention with a learned relative-position encoding (Luo et al.)",
-               [](const AttentionSpec& s) { return std::make_shared<KernelizedRpeCore>(s); }});
+               [](const AttentionSpec& s) { return std::make_shared<KernelizedCore>(s, "favor", true); }});
   // YOSO (nn/yoso.h, the paper's layer): τ = yoso_hash_bits(max_len), m = 32, Hadamard hashing.
   auto yoso = [](const AttentionSpec& s, int64_t conv, bool expectation) {
     const int64_t tau = yoso_hash_bits(s.max_len);

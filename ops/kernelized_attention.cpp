@@ -175,33 +175,170 @@ void check_projection(const at::Tensor& q, const OptTensor& projection,
   }
 }
 
-// rel_bias (Luo et al. 2021): the feature maps in torch ops, then Toeplitz products by FFT on
-// the features (ops/kernelized_rpe.cpp). The exponential maps are stabilised as the kernel
-// does, by maxima that cancel: a query row's own maximum, and for the keys one maximum per
-// (b, h) over all keys (a Toeplitz product cannot use the causal kernel's running maximum; with
-// causal, a future key far larger than the earlier ones can make them underflow). eps is added
-// to the denominator of these stabilised features. No detach: autograd differentiates the
-// definition exactly, the (eps-sized) path through the maxima included.
+// ------------------------------------------------------------------ the feature maps as an op
+// feature_map(x, map, projection, mask) -> (phi, shift): the kernels' feature_map_forward on
+// every row of x [B, H, N, D]: phi [B, H, N, m] = phi(x) e^{-shift} (the row's own maximum
+// exponent for sikf / favor, shift = 0 for elu / relu). Masked rows ([B, N] False) are never
+// read: phi = 0, shift = 0 and zero gradient, whatever x holds. Differentiable in x through
+// feature_map_backward (shift included: c = max u is a function of x).
+
+int64_t feature_dim(const at::Tensor& x, const OptTensor& projection) {
+  return projection && projection->defined() ? projection->size(-2) : x.size(3);
+}
+
+template <class T>
+kernels::FeatureMapSpec<T> spec_for(kernels::FeatureMap f, const at::Tensor& x,
+                                    const OptTensor& projection, int64_t h) {
+  kernels::FeatureMapSpec<T> s;
+  s.kind = f;
+  s.D = x.size(3);
+  s.m = feature_dim(x, projection);
+  if (projection && projection->defined())
+    s.omega = projection->data_ptr<T>() + (projection->dim() == 3 ? h * projection->stride(0) : 0);
+  return s;
+}
+
+bool row_masked(const OptTensor& mask, int64_t b, int64_t j) {
+  return mask && mask->defined() && !mask->data_ptr<bool>()[b * mask->stride(0) + j];
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_map_forward_cpu(
+    const at::Tensor& x, c10::string_view feature_map, const OptTensor& projection,
+    const OptTensor& mask) {
+  const auto f = parse_feature_map(std::string(feature_map));
+  const int64_t B = x.size(0), H = x.size(1), N = x.size(2), m = feature_dim(x, projection);
+  at::Tensor phi = at::zeros({B, H, N, m}, x.options());
+  at::Tensor shift = at::zeros({B, H, N}, x.options());
+  at::Tensor argmax = at::zeros({B, H, N}, x.options().dtype(at::kInt));
+  if (phi.numel() == 0) return {phi, shift, argmax};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "feature_map_forward", [&] {
+    at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t bh = lo; bh < hi; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        auto s = spec_for<scalar_t>(f, x, projection, h);
+        scalar_t* ph = phi.data_ptr<scalar_t>() + bh * N * m;
+        scalar_t* sh = shift.data_ptr<scalar_t>() + bh * N;
+        int32_t* am = argmax.data_ptr<int32_t>() + bh * N;
+        kernels::feature_map_forward(s, x.data_ptr<scalar_t>() + b * x.stride(0) + h * x.stride(1), x.stride(2), N, ph, m,
+                                     kernels::feature_map_is_exponential(f) ? sh : nullptr,
+                                     kernels::feature_map_is_exponential(f) ? am : nullptr);
+        for (int64_t j = 0; j < N; ++j)
+          if (row_masked(mask, b, j)) {
+            std::fill(ph + j * m, ph + (j + 1) * m, scalar_t(0));
+            sh[j] = 0;
+            am[j] = 0;
+          }
+      }
+    });
+  });
+  return {phi, shift, argmax};
+}
+
+at::Tensor feature_map_backward_cpu(const at::Tensor& grad_phi, const at::Tensor& grad_shift,
+                                    const at::Tensor& x, const at::Tensor& phi,
+                                    const at::Tensor& argmax, c10::string_view feature_map,
+                                    const OptTensor& projection, const OptTensor& mask) {
+  const auto f = parse_feature_map(std::string(feature_map));
+  const int64_t B = x.size(0), H = x.size(1), N = x.size(2), D = x.size(3), m = phi.size(3);
+  at::Tensor gx = at::zeros({B, H, N, D}, x.options());
+  if (gx.numel() == 0 || m == 0) return gx;
+  at::Tensor gphi = grad_phi.contiguous().clone();  // overwritten by the kernel
+  at::Tensor gshift = grad_shift.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "feature_map_backward", [&] {
+    at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t bh = lo; bh < hi; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        auto s = spec_for<scalar_t>(f, x, projection, h);
+        scalar_t* g = gx.data_ptr<scalar_t>() + bh * N * D;
+        kernels::feature_map_backward(s, x.data_ptr<scalar_t>() + b * x.stride(0) + h * x.stride(1), x.stride(2), N,
+                                      phi.data_ptr<scalar_t>() + bh * N * m, m,
+                                      argmax.data_ptr<int32_t>() + bh * N,
+                                      gphi.data_ptr<scalar_t>() + bh * N * m, m,
+                                      gshift.data_ptr<scalar_t>() + bh * N, g, D);
+        for (int64_t j = 0; j < N; ++j)
+          if (row_masked(mask, b, j)) std::fill(g + j * D, g + (j + 1) * D, scalar_t(0));
+      }
+    });
+  });
+  return gx;
+}
+
+class FeatureMapFunction : public torch::autograd::Function<FeatureMapFunction> {
+ public:
+  static torch::autograd::tensor_list forward(torch::autograd::AutogradContext* ctx,
+                                              const at::Tensor& x, const std::string& feature_map,
+                                              const OptTensor& projection, const OptTensor& mask) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("longattn::_feature_map_forward", "")
+                         .typed<decltype(feature_map_forward_cpu)>();
+    auto [phi, shift, argmax] = op.call(x, feature_map, projection, mask);
+    ctx->save_for_backward({x, phi, argmax, projection ? *projection : at::Tensor(),
+                            mask ? *mask : at::Tensor()});
+    ctx->saved_data["feature_map"] = feature_map;
+    return {phi, shift};
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("longattn::_feature_map_backward", "")
+                         .typed<decltype(feature_map_backward_cpu)>();
+    auto s = ctx->get_saved_variables();
+    auto opt = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; };
+    at::Tensor gphi = grads[0].defined() ? grads[0] : at::zeros_like(s[1]);
+    at::Tensor gshift = grads[1].defined() ? grads[1] : at::zeros(s[2].sizes(), s[1].options());
+    // feature_map_backward wants the TOTAL derivative with respect to the shift c, and phi =
+    // phi(x) e^{-c} depends on c too (d phi / d c = -phi).
+    gshift = gshift - (gphi * s[1]).sum(-1);
+    at::Tensor gx = op.call(gphi, gshift, s[0], s[1], s[2], ctx->saved_data["feature_map"].toStringRef(),
+                            opt(s[3]), opt(s[4]));
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> feature_map_impl(const at::Tensor& x,
+                                                    c10::string_view feature_map_view,
+                                                    const OptTensor& projection,
+                                                    const OptTensor& key_padding_mask) {
+  const char* op = "feature_map";
+  const std::string feature_map(feature_map_view);
+  parse_feature_map(feature_map);
+  check_rank(op, "x", x, 4, "[B, H, N, D]");
+  check_float_dtype(op, "x", x);
+  if (!x.device().is_cpu())
+    fail(op, "only CPU tensors are supported in this build, got " + x.device().str());
+  check_projection(x, projection, feature_map);
+  OptTensor mask, proj;
+  if (key_padding_mask && key_padding_mask->defined()) {
+    check_key_padding_mask(op, *key_padding_mask, x.size(0), x.size(2));
+    mask = key_padding_mask->contiguous();
+  }
+  if (projection && projection->defined()) proj = projection->detach().contiguous();
+  auto r = FeatureMapFunction::apply(last_dim_contiguous(x), feature_map, proj, mask);
+  return {r[0], r[1]};
+}
+
+// rel_bias (Luo et al. 2021): the kernels' feature maps (feature_map above), then the Toeplitz
+// products on the features (ops/kernelized_rpe.cpp). The same stabilised features and the same
+// eps as the kernel without rel_bias (kernelized_attention.h): queries phi(q_i) e^{-c_i}, keys
+// phi(k_j) e^{-R_i} with R_i the largest key exponent for row i (over all keys that take part;
+// causal: over j <= i). The keys go in with their own shifts c_j as log-scales l_j, so keys of
+// any range keep their precision, and R_i becomes eps's log-scale mu_i: the denominator
+// sum_j e^{b} phi(q_i)e^{-c_i}.phi(k_j)e^{-R_i} + eps is e^{-R_i} (sum_j ... phi(k_j) + eps e^{R_i}).
+// Autograd differentiates this exactly, the paths through the maxima included.
 at::Tensor rel_bias_path(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const std::string& feature_map, bool causal, const OptTensor& mask,
                          const OptTensor& proj, const at::Tensor& rel_bias, double eps) {
-  auto features = [&](const at::Tensor& x, bool query) -> at::Tensor {
-    if (feature_map == "elu") return at::elu(x) + 1;
-    if (feature_map == "relu") return at::relu(x);
-    at::Tensor u = x;
-    if (feature_map == "favor") {
-      const at::Tensor& w = *proj;  // [m, D] or [H, m, D]
-      u = (w.dim() == 3 ? at::matmul(x, w.unsqueeze(0).transpose(-1, -2)) : at::matmul(x, w.t())) -
-          0.5 * (x * x).sum(-1, true);
-    }
-    if (u.size(-1) == 0 || u.size(2) == 0) return u;
-    at::Tensor shift = query ? std::get<0>(u.max(-1, true)) : u.amax({2, 3}, true);
-    at::Tensor phi = (u - shift).exp();
-    return feature_map == "favor" ? phi / std::sqrt(static_cast<double>(u.size(-1))) : phi;
-  };
-  at::Tensor fk = features(k, false);
-  if (mask) fk = fk * mask->unsqueeze(1).unsqueeze(-1).to(fk.dtype());
-  return kernelized_rpe_from_features(features(q, true), fk, v, rel_bias, causal, mask, eps);
+  const at::Tensor fq = FeatureMapFunction::apply(last_dim_contiguous(q), feature_map, proj, c10::nullopt)[0];
+  auto rk = FeatureMapFunction::apply(last_dim_contiguous(k), feature_map, proj, mask);
+  const at::Tensor &fk = rk[0], &ck = rk[1];
+  if (!kernels::feature_map_is_exponential(parse_feature_map(feature_map)) || k.size(2) == 0)
+    return kernelized_rpe_from_features(fq, fk, v, rel_bias, causal, mask, eps, {}, {});
+  at::Tensor ck_on = mask ? at::where(mask->unsqueeze(1), ck, -INFINITY) : ck;
+  at::Tensor R = causal ? std::get<0>(ck_on.cummax(2)) : ck_on.amax(2, true).expand_as(ck);
+  // Rows with no key: R = -inf; they output zeros whatever mu is, and -inf would give NaN
+  // gradients, so 0 stands in.
+  R = at::where(R == -INFINITY, at::zeros_like(R), R);
+  return kernelized_rpe_from_features(fq, fk, v, rel_bias, causal, mask, eps, ck, R);
 }
 
 at::Tensor kernelized_attention_impl(const at::Tensor& q, const at::Tensor& k,
@@ -298,6 +435,15 @@ TORCH_LIBRARY_FRAGMENT(longattn, m) {
       "_kernelized_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
       "Tensor inv_denom, Tensor? key_padding_mask, Tensor? projection, str feature_map, "
       "bool causal, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "feature_map(Tensor x, *, str feature_map, Tensor? projection=None, "
+      "Tensor? key_padding_mask=None) -> (Tensor, Tensor)");
+  m.def(
+      "_feature_map_forward(Tensor x, str feature_map, Tensor? projection, Tensor? mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_feature_map_backward(Tensor grad_phi, Tensor grad_shift, Tensor x, Tensor phi, "
+      "Tensor argmax, str feature_map, Tensor? projection, Tensor? mask) -> Tensor");
   // No tensor input to dispatch on: a catch-all kernel.
   m.def(
       "random_features(int m, int d, *, int seed, bool orthogonal=True, str scaling='chi', "
@@ -308,10 +454,13 @@ TORCH_LIBRARY_FRAGMENT(longattn, m) {
 TORCH_LIBRARY_IMPL(longattn, CPU, m) {
   m.impl("_kernelized_attention_forward", forward_cpu);
   m.impl("_kernelized_attention_backward", backward_cpu);
+  m.impl("_feature_map_forward", feature_map_forward_cpu);
+  m.impl("_feature_map_backward", feature_map_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
   m.impl("kernelized_attention", kernelized_attention_impl);
+  m.impl("feature_map", feature_map_impl);
 }
 
 }  // namespace longattn::ops

@@ -1,6 +1,8 @@
 // torch binding of Luo et al.'s kernelized attention with RPE at the feature level:
-// phi(q), phi(k) already mapped; the relative bias b enters as Toeplitz weights exp(b - max b).
+// phi(q), phi(k) already mapped; the relative bias b goes to the kernel as it is (the kernel
+// detrends and rescales it per row, kernels/kernelized_rpe/kernelized_rpe.h).
 #include <ATen/Parallel.h>
+#include <cmath>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -19,71 +21,97 @@ using torch::autograd::tensor_list;
 
 constexpr const char* kOp = "kernelized_rpe_attention";
 
+const uint8_t* mask_ptr(const OptTensor& mask) {
+  return mask && mask->defined() ? reinterpret_cast<const uint8_t*>(mask->data_ptr<bool>()) : nullptr;
+}
+
+template <class T>
+const T* opt_ptr(const OptTensor& t) {
+  return t && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
 template <class T>
 kernels::KernelizedRpeParams<T> make_params(const at::Tensor& fq, const at::Tensor& fk,
-                                            const at::Tensor& v, const at::Tensor& w,
-                                            const OptTensor& mask, bool causal, double eps) {
+                                            const at::Tensor& v, const at::Tensor& b,
+                                            const OptTensor& key_log_scale,
+                                            const OptTensor& eps_log_scale, const OptTensor& mask,
+                                            bool causal, double eps) {
   kernels::KernelizedRpeParams<T> p;
   p.phi_q = bhnd<const T>(fq);
   p.phi_k = bhnd<const T>(fk);
   p.v = bhnd<const T>(v);
-  p.weights = w.data_ptr<T>();
-  p.weights_stride_h = w.stride(0);
-  if (mask && mask->defined()) {
-    p.key_padding_mask = reinterpret_cast<const uint8_t*>(mask->data_ptr<bool>());
-    p.mask_stride_b = mask->stride(0);
-  }
+  p.rel_bias = b.data_ptr<T>();
+  p.bias_stride_h = b.size(0) > 1 ? b.stride(0) : 0;
+  p.key_log_scale = opt_ptr<T>(key_log_scale);
+  p.eps_log_scale = opt_ptr<T>(eps_log_scale);
+  p.key_padding_mask = mask_ptr(mask);
+  if (p.key_padding_mask) p.mask_stride_b = mask->stride(0);
   p.causal = causal;
   p.eps = eps;
   p.threads = at::get_num_threads();
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& fq, const at::Tensor& fk,
-                                               const at::Tensor& v, const at::Tensor& w,
-                                               const OptTensor& mask, bool causal, double eps) {
+// Inputs arrive checked, last dims contiguous; rel_bias, the log-scales and the mask contiguous.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
+    const at::Tensor& fq, const at::Tensor& fk, const at::Tensor& v, const at::Tensor& b,
+    const OptTensor& key_log_scale, const OptTensor& eps_log_scale, const OptTensor& mask,
+    bool causal, double eps) {
   const int64_t B = fq.size(0), H = fq.size(1), N = fq.size(2), Dv = v.size(3);
   at::Tensor out = at::zeros({B, H, N, Dv}, v.options());
   at::Tensor den = at::zeros({B, H, N}, v.options());
-  if (B * H * N == 0) return {out, den};
+  at::Tensor direct = at::zeros({B, H, N}, v.options().dtype(at::kByte));
+  if (B * H * N == 0) return {out, den, direct};
   AT_DISPATCH_FLOATING_TYPES(fq.scalar_type(), "kernelized_rpe_forward", [&] {
-    kernels::kernelized_rpe_forward<scalar_t>(make_params<scalar_t>(fq, fk, v, w, mask, causal, eps),
-                                              bhnd<scalar_t>(out), den.data_ptr<scalar_t>());
+    kernels::kernelized_rpe_forward<scalar_t>(
+        make_params<scalar_t>(fq, fk, v, b, key_log_scale, eps_log_scale, mask, causal, eps),
+        bhnd<scalar_t>(out), {den.data_ptr<scalar_t>(), direct.data_ptr<uint8_t>()});
   });
-  return {out, den};
+  return {out, den, direct};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& fq, const at::Tensor& fk, const at::Tensor& v,
-    const at::Tensor& w, const at::Tensor& out, const at::Tensor& den, const OptTensor& mask,
+    const at::Tensor& b, const OptTensor& key_log_scale, const OptTensor& eps_log_scale,
+    const at::Tensor& out, const at::Tensor& den, const at::Tensor& direct, const OptTensor& mask,
     bool causal, double eps) {
   at::Tensor gq = at::zeros(fq.sizes(), fq.options());
   at::Tensor gk = at::zeros(fk.sizes(), fk.options());
   at::Tensor gv = at::zeros(v.sizes(), v.options());
-  at::Tensor gw = at::zeros(w.sizes(), w.options());
-  if (fq.size(0) * fq.size(1) * fq.size(2) == 0) return {gq, gk, gv, gw};
+  at::Tensor gb = at::zeros(b.sizes(), b.options());
+  at::Tensor gl = at::zeros(fq.sizes().slice(0, 3), fq.options());
+  at::Tensor gm = at::zeros(fq.sizes().slice(0, 3), fq.options());
+  if (fq.size(0) * fq.size(1) * fq.size(2) == 0) return {gq, gk, gv, gb, gl, gm};
   at::Tensor go = last_dim_contiguous(grad_out);
   AT_DISPATCH_FLOATING_TYPES(fq.scalar_type(), "kernelized_rpe_backward", [&] {
-    kernels::KernelizedRpeGrads<scalar_t> g{bhnd<const scalar_t>(out), den.data_ptr<scalar_t>(),
-                                            bhnd<const scalar_t>(go),   bhnd<scalar_t>(gq),
-                                            bhnd<scalar_t>(gk),         bhnd<scalar_t>(gv),
-                                            gw.data_ptr<scalar_t>()};
+    kernels::KernelizedRpeGrads<scalar_t> g;
+    g.out = bhnd<const scalar_t>(out);
+    g.den = den.data_ptr<scalar_t>();
+    g.direct = direct.data_ptr<uint8_t>();
+    g.grad_out = bhnd<const scalar_t>(go);
+    g.grad_phi_q = bhnd<scalar_t>(gq);
+    g.grad_phi_k = bhnd<scalar_t>(gk);
+    g.grad_v = bhnd<scalar_t>(gv);
+    g.grad_rel_bias = gb.data_ptr<scalar_t>();
+    g.grad_key_log_scale = gl.data_ptr<scalar_t>();
+    g.grad_eps_log_scale = gm.data_ptr<scalar_t>();
     kernels::kernelized_rpe_backward<scalar_t>(
-        make_params<scalar_t>(fq, fk, v, w, mask, causal, eps), g);
+        make_params<scalar_t>(fq, fk, v, b, key_log_scale, eps_log_scale, mask, causal, eps), g);
   });
-  return {gq, gk, gv, gw};
+  return {gq, gk, gv, gb, gl, gm};
 }
 
 class KernelizedRpeFunction : public torch::autograd::Function<KernelizedRpeFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& fq, const at::Tensor& fk,
-                            const at::Tensor& v, const at::Tensor& w, const OptTensor& mask,
-                            bool causal, double eps) {
+                            const at::Tensor& v, const at::Tensor& b, const OptTensor& kls,
+                            const OptTensor& els, const OptTensor& mask, bool causal, double eps) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("longattn::_kernelized_rpe_forward", "")
                          .typed<decltype(forward_cpu)>();
-    auto [out, den] = op.call(fq, fk, v, w, mask, causal, eps);
-    ctx->save_for_backward({fq, fk, v, w, out, den, mask ? *mask : at::Tensor()});
+    auto [out, den, direct] = op.call(fq, fk, v, b, kls, els, mask, causal, eps);
+    ctx->save_for_backward({fq, fk, v, b, kls ? *kls : at::Tensor(), els ? *els : at::Tensor(), out,
+                            den, direct, mask ? *mask : at::Tensor()});
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["eps"] = eps;
     return out;
@@ -93,11 +121,12 @@ class KernelizedRpeFunction : public torch::autograd::Function<KernelizedRpeFunc
                          .findSchemaOrThrow("longattn::_kernelized_rpe_backward", "")
                          .typed<decltype(backward_cpu)>();
     auto s = ctx->get_saved_variables();
-    OptTensor mask = s[6].defined() ? OptTensor(s[6]) : c10::nullopt;
-    auto [gq, gk, gv, gw] = op.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], mask,
-                                    ctx->saved_data["causal"].toBool(),
-                                    ctx->saved_data["eps"].toDouble());
-    return {gq, gk, gv, gw, at::Tensor(), at::Tensor(), at::Tensor()};
+    auto opt = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; };
+    auto [gq, gk, gv, gb, gl, gm] =
+        op.call(grads[0], s[0], s[1], s[2], s[3], opt(s[4]), opt(s[5]), s[6], s[7], s[8], opt(s[9]),
+                ctx->saved_data["causal"].toBool(), ctx->saved_data["eps"].toDouble());
+    return {gq, gk, gv, gb, s[4].defined() ? gl : at::Tensor(), s[5].defined() ? gm : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -108,20 +137,21 @@ class KernelizedRpeFunction : public torch::autograd::Function<KernelizedRpeFunc
 at::Tensor kernelized_rpe_from_features(const at::Tensor& phi_q, const at::Tensor& phi_k,
                                         const at::Tensor& v, const at::Tensor& rel_bias,
                                         bool causal, const OptTensor& key_padding_mask,
-                                        double eps) {
-  const int64_t N = phi_q.size(2);
-  // Weights exp(b - max b), max over the offsets that take part (r <= 0 when causal), so the
-  // largest weight is 1 and exp cannot overflow. With eps = 0 the shift cancels between
-  // numerator and denominator; with eps > 0 it sets the scale eps is compared with (as in
-  // kernelized_attention), and autograd carries its exact gradient to the maximal offset.
-  at::Tensor used = causal ? rel_bias.narrow(1, 0, N) : rel_bias;
-  at::Tensor shift = used.numel() > 0 ? std::get<0>(used.max(1, true))
-                                      : at::zeros({rel_bias.size(0), 1}, rel_bias.options());
-  at::Tensor w = (rel_bias - shift).exp();
-  OptTensor mask;
+                                        double eps, const OptTensor& key_log_scale,
+                                        const OptTensor& eps_log_scale) {
+  // Every finite bias is exact (the kernel detrends it and resolves each row at its own
+  // scale); -inf is an offset that takes no part. NaN and +inf have no meaning as a weight.
+  const at::Tensor bad = rel_bias.isnan().logical_or(rel_bias == INFINITY);
+  if (bad.any().item<bool>())
+    fail(kOp, "rel_bias must be finite or -inf (an offset that takes no part), got " +
+                  std::to_string(bad.sum().item<int64_t>()) + " NaN or +inf values");
+  OptTensor mask, kls, els;
   if (key_padding_mask && key_padding_mask->defined()) mask = key_padding_mask->contiguous();
+  if (key_log_scale && key_log_scale->defined()) kls = key_log_scale->contiguous();
+  if (eps_log_scale && eps_log_scale->defined()) els = eps_log_scale->contiguous();
   return KernelizedRpeFunction::apply(last_dim_contiguous(phi_q), last_dim_contiguous(phi_k),
-                                      last_dim_contiguous(v), w.contiguous(), mask, causal, eps);
+                                      last_dim_contiguous(v), rel_bias.contiguous(), kls, els,
+                                      mask, causal, eps);
 }
 
 namespace {
@@ -145,8 +175,10 @@ at::Tensor kernelized_rpe_impl(const at::Tensor& phi_q, const at::Tensor& phi_k,
   check_shape(kOp, "rel_bias", rel_bias, {H, std::max<int64_t>(2 * N - 1, 0)}, "[H, 2N-1]");
   if (key_padding_mask && key_padding_mask->defined())
     check_key_padding_mask(kOp, *key_padding_mask, B, N);
-  if (!(eps >= 0)) fail(kOp, "eps must be >= 0, got " + std::to_string(eps));
-  return kernelized_rpe_from_features(phi_q, phi_k, v, rel_bias, causal, key_padding_mask, eps);
+  if (!(eps >= 0) || !std::isfinite(eps))
+    fail(kOp, "eps must be finite and >= 0, got " + std::to_string(eps));
+  return kernelized_rpe_from_features(phi_q, phi_k, v, rel_bias, causal, key_padding_mask, eps, {},
+                                      {});
 }
 
 }  // namespace
@@ -156,12 +188,14 @@ TORCH_LIBRARY_FRAGMENT(longattn, m) {
       "kernelized_rpe_attention(Tensor phi_q, Tensor phi_k, Tensor v, Tensor rel_bias, *, "
       "bool causal=False, Tensor? key_padding_mask=None, float eps=0.0) -> Tensor");
   m.def(
-      "_kernelized_rpe_forward(Tensor phi_q, Tensor phi_k, Tensor v, Tensor weights, "
-      "Tensor? key_padding_mask, bool causal, float eps) -> (Tensor, Tensor)");
+      "_kernelized_rpe_forward(Tensor phi_q, Tensor phi_k, Tensor v, Tensor rel_bias, "
+      "Tensor? key_log_scale, Tensor? eps_log_scale, Tensor? key_padding_mask, bool causal, "
+      "float eps) -> (Tensor, Tensor, Tensor)");
   m.def(
       "_kernelized_rpe_backward(Tensor grad_out, Tensor phi_q, Tensor phi_k, Tensor v, "
-      "Tensor weights, Tensor out, Tensor den, Tensor? key_padding_mask, bool causal, float eps) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor rel_bias, Tensor? key_log_scale, Tensor? eps_log_scale, Tensor out, Tensor den, "
+      "Tensor direct, Tensor? key_padding_mask, bool causal, float eps) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(longattn, CPU, m) {

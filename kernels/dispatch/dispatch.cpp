@@ -68,8 +68,8 @@ void feature_map_backward(const FeatureMapSpec<T>& s, const T* x, int64_t ldx, i
                                            g_shift, gx, ldgx);
 }
 template <class T>
-void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, T* den) {
-  active_kernels<T>().kernelized_rpe_forward(p, out, den);
+void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, KernelizedRpeRows<T> rows) {
+  active_kernels<T>().kernelized_rpe_forward(p, out, rows);
 }
 template <class T>
 void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRpeGrads<T>& g) {

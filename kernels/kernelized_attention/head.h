@@ -45,10 +45,20 @@ struct Head {
         std::memset(phi + j * m, 0, sizeof(T) * m);
       }
       if (vaug) {
-        std::memcpy(vaug + j * (Dv + 1), v + (j0 + j) * sv, sizeof(T) * Dv);
+        // A masked key's v is never read: a zero feature row times NaN would still be NaN.
+        if (mask && !mask[j0 + j]) std::memset(vaug + j * (Dv + 1), 0, sizeof(T) * Dv);
+        else std::memcpy(vaug + j * (Dv + 1), v + (j0 + j) * sv, sizeof(T) * Dv);
         vaug[j * (Dv + 1) + Dv] = T(1);
       }
     }
+  }
+
+  // Masked keys get zero gradients whatever their k holds (feature_map_backward reads x, and
+  // favor's x * sum(h) is NaN for a NaN row even when h = 0).
+  void zero_masked_key_grads(int64_t j0, int64_t n, T* gk, int64_t sgk) const {
+    if (!mask) return;
+    for (int64_t j = 0; j < n; ++j)
+      if (!mask[j0 + j]) std::memset(gk + j * sgk, 0, sizeof(T) * D);
   }
 
   void queries(int64_t i0, int64_t n, T* phi, T* c, int32_t* arg) const {

@@ -128,6 +128,7 @@ void backward_head(const Head<T>& s, const HeadGrads<T>& g, const T* saved_inv) 
     // gives the same g_phi * phi products as the row-own features would.
     feature_map_backward(s.fm, s.k + j0 * s.sk, s.sk, n, phi.data(), m, arg.data(), gphi.data(),
                          m, s.exp_map ? delta.data() : nullptr, g.gk + j0 * g.sgk, g.sgk);
+    s.zero_masked_key_grads(j0, n, g.gk + j0 * g.sgk, g.sgk);
   }
 }
 

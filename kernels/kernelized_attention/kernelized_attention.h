@@ -53,8 +53,8 @@ struct KernelizedAttentionParams {
   double eps = 1e-6;    // >= 0
   int threads = 0;      // <= 0: OpenMP default
   int64_t chunk = 0;    // causal block length; <= 0: the default (tests use small ones)
-  // Issue 4 (Luo et al.) adds its relative bias here: a per-head [H, 2N-1] coefficient
-  // vector whose exponent weights key j for query i; it takes a different (FFT) path.
+  // Luo et al.'s relative bias takes a different (FFT) path: kernels/kernelized_rpe, on the
+  // features of feature_map_forward (the ops layer's feature_map), with the same eps.
 };
 
 // Feature dimension m for these parameters.

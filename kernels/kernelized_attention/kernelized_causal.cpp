@@ -227,6 +227,7 @@ void causal_backward_head(const Head<T>& s, const HeadGrads<T>& g, int64_t chunk
     feature_map_backward(s.fm, s.k + t0 * s.sk, s.sk, n, w.kf.data(), m, w.argk.data(),
                          w.gphi.data(), m, s.exp_map ? grad_c.data() + t0 : nullptr,
                          g.gk + t0 * g.sgk, g.sgk);
+    s.zero_masked_key_grads(t0, n, g.gk + t0 * g.sgk, g.sgk);
     // G <- G e^{rho' - rho} + sum_{i in chunk} qf_i gn_i^T e^{rho' - R_i}, rho' the maximum
     // before this chunk (every R_i here and later is >= rho').
     const T rho_next = t0 > 0 ? R_all[t0 - 1] : neg_inf<T>();

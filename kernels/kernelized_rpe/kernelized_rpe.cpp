@@ -1,15 +1,20 @@
-// Luo et al.'s kernelized attention with RPE by chunked FFT Toeplitz products.
+// Luo et al.'s kernelized attention with RPE: chunked FFT Toeplitz products on a detrended bias,
+// with a direct fallback for the rows the FFT cannot resolve (see the header).
 //
-// Notation per (batch, head): a_i = phi_q_i, K_j = phi_k_j, vt_j = [v_j, 1] (Dv + 1 columns),
-// A_j[m', d] = K_j[m'] vt_j[d], U = T A with T_ij = w[j - i + N - 1] (the Toeplitz product),
-// nd_i[d] = a_i . U_i[:, d] (numerators, then the denominator at d = Dv), z_i = nd_i[:Dv] / den_i.
+// Notation per (batch, head): a_i = phi_q_i, vt_j = [v_j, 1] (Dv + 1 columns), the trend s and
+// c_w, c_k of the header, w'[r] = e^{b[r] - s r - c_w}, kappa_j = e^{s j + l_j - c_k} (0 for a
+// masked key), K'_j = kappa_j K_j, A_j[m', d] = K'_j[m'] vt_j[d], U = T' A (T'_ij = w'[j - i]),
+// nd_i[d] = a_i . U_i[:, d]. The true weights are e^{b[j-i] + l_j} = w'[j-i] kappa_j e^{G_i} with
+// G_i = c_w + c_k - s i, so z_i = nd_i[:Dv] / (nd_i[Dv] + eps e^{mu_i - G_i}).
 //
-// Backward: with gh_i[d] = gz_i[d] / den_i (d < Dv) and gh_i[Dv] = -(gz_i . z_i) / den_i,
+// Backward (FFT rows): with D_i the saved denominator, gh_i[d] = gz_i[d] / D_i (d < Dv) and
+// gh_i[Dv] = -(gz_i . z_i) / D_i,
 //   grad a_i[m'] = sum_d gh_i[d] U_i[m', d]
-//   E_i[m', d] = a_i[m'] gh_i[d] (the gradient of U), F = T^T E (the gradient of A):
-//   grad K_j[m'] = sum_d F_j[m', d] vt_j[d],  grad v_j[d] = sum_m' F_j[m', d] K_j[m']
-//   grad w[N - 1 + r] = sum_{i, m', d} E_i[m', d] A_{i + r}[m', d]   (a correlation, by FFT).
-// Each chunk holds one value column d and up to 2W consecutive features m'.
+//   E_i[m', d] = a_i[m'] gh_i[d] (the gradient of U), F = T'^T E (the gradient of A):
+//   grad K_j[m'] = kappa_j sum_d F_j[m', d] vt_j[d],  grad v_j[d] = kappa_j sum_m' F_j[m', d] K_j[m']
+//   grad w'[N - 1 + r] = sum_{i, m', d} E_i[m', d] A_{i + r}[m', d] (a correlation, by FFT), and
+//   grad b[r] = w'[r] grad w'[r] (s, c_w, c_k are constants: the factorisation holds for any).
+// Direct rows take part in none of the FFT sums and are differentiated term by term.
 #include "kernels/kernelized_rpe/kernelized_rpe.h"
 
 #include <algorithm>
@@ -27,6 +32,8 @@ namespace {
 
 using namespace toeplitz_detail;
 
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
 struct Chunk {
   int64_t d, m0, nl;  // value column (Dv = the denominator), first feature, feature count
 };
@@ -38,67 +45,198 @@ std::vector<Chunk> make_chunks(int64_t m, int64_t Dv, int lanes) {
   return chunks;
 }
 
+// Largest tolerated ratio of the FFT's error bound to a row's denominator (output error about
+// twice this, relative to the output's scale); rows above it are computed directly.
 template <class T>
-bool key_on(const KernelizedRpeParams<T>& p, int64_t b, int64_t j) {
-  return p.key_padding_mask == nullptr || p.key_padding_mask[b * p.mask_stride_b + j] != 0;
+constexpr double kTau = sizeof(T) == sizeof(float) ? 1e-5 : 1e-11;
+
+// The trend of one head's bias and the FFT weights w' (see the header).
+template <class T>
+struct Trend {
+  double s = 0, cw = kNegInf;  // cw = -inf: every offset in use is -inf, no row has a key
+  std::vector<T> w;           // [2N - 1]
+};
+
+// Largest exponent deficit over rows for trend s: the global scale of the product,
+// max_r (b_r - s r) + max_j s j, minus the scale of row i's largest weight, s i + W_i.
+double deficit(const double* b, int64_t N, bool causal, const std::vector<double>& W, double s) {
+  const int64_t R = causal ? N : 2 * N - 1;
+  double top = kNegInf;
+  for (int64_t t = 0; t < R; ++t) top = std::max(top, b[t] - s * double(t - (N - 1)));
+  double low = std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < N; ++i)
+    if (W[i] != kNegInf) low = std::min(low, s * double(i) + W[i]);
+  return top + std::max(0.0, s * double(N - 1)) - low;
 }
 
-// buf[j][l] = feat_j[m0 + l] * scale_j for j < N, l < nl; zero for l >= nl.
-template <class T, int W, class Scale>
-void load_scaled(BHND<const T> feat, int64_t b, int64_t h, const Chunk& c, int64_t L, T* buf,
-                 Scale scale) {
-  const int64_t N = feat.N;
-  for (int64_t j = 0; j < N; ++j) {
-    const T* f = feat.row(b, h, j) + c.m0;
-    const T s = scale(j);
-    T* dst = buf + j * 2 * W;
-    if (c.nl == 2 * W) {
-#pragma omp simd
-      for (int l = 0; l < 2 * W; ++l) dst[l] = f[l] * s;
-    } else {
-      for (int l = 0; l < 2 * W; ++l) dst[l] = l < c.nl ? f[l] * s : T(0);
-    }
+template <class T>
+Trend<T> fit_trend(const T* bias, int64_t N, bool causal) {
+  const int64_t R = 2 * N - 1, used = causal ? N : R;
+  std::vector<double> b(bias, bias + R);
+  // W_i = max of b over row i's offsets: t in [N-1-i, 2N-2-i] (causal: [N-1-i, N-1]).
+  std::vector<double> W(N);
+  if (causal) {
+    double run = kNegInf;
+    for (int64_t i = 0; i < N; ++i) W[i] = run = std::max(run, b[N - 1 - i]);
+  } else {  // sliding maximum of width N by block prefix / suffix maxima
+    std::vector<double> pre(R), suf(R);
+    for (int64_t t = 0; t < R; ++t) pre[t] = t % N == 0 ? b[t] : std::max(pre[t - 1], b[t]);
+    for (int64_t t = R - 1; t >= 0; --t)
+      suf[t] = (t + 1) % N == 0 || t == R - 1 ? b[t] : std::max(suf[t + 1], b[t]);
+    for (int64_t i = 0; i < N; ++i) W[i] = std::max(suf[N - 1 - i], pre[2 * N - 2 - i]);
   }
-  (void)L;  // rows [N, L) are left to fft::forward_padded
+  Trend<T> tr;
+  double lo = std::numeric_limits<double>::infinity(), hi = kNegInf;
+  for (int64_t t = 0; t < used; ++t)
+    if (b[t] != kNegInf) lo = std::min(lo, b[t]), hi = std::max(hi, b[t]);
+  tr.w.assign(R, T(0));
+  if (hi == kNegInf) return tr;
+  // deficit(s) is convex (a sum of maxima of affine functions of s); a useful slope never
+  // exceeds the spread per offset.
+  double a = -(hi - lo), c = hi - lo;
+  for (int it = 0; it < 100 && c - a > 1e-12 * (1 + hi - lo); ++it) {
+    const double m1 = a + (c - a) / 3, m2 = c - (c - a) / 3;
+    if (deficit(b.data(), N, causal, W, m1) <= deficit(b.data(), N, causal, W, m2)) c = m2;
+    else a = m1;
+  }
+  tr.s = 0.5 * (a + c);
+  if (deficit(b.data(), N, causal, W, 0.0) <= deficit(b.data(), N, causal, W, tr.s)) tr.s = 0;
+  for (int64_t t = 0; t < used; ++t) tr.cw = std::max(tr.cw, b[t] - tr.s * double(t - (N - 1)));
+  for (int64_t t = 0; t < used; ++t)
+    tr.w[t] = static_cast<T>(std::exp(b[t] - tr.s * double(t - (N - 1)) - tr.cw));
+  return tr;
 }
 
-// The per-head kernel spectra (1/L folded in), [H][2L].
+// Everything one (batch, head) needs besides the features.
 template <class T>
-std::vector<T> weight_spectra(const KernelizedRpeParams<T>& p, const fft::Plan<T>& plan) {
-  const int64_t H = p.phi_q.H, L = plan.n;
-  std::vector<T> z(H * 2 * L);
-  kernel_spectra(plan, p.weights, p.weights_stride_h, H, p.phi_q.N, p.causal, T(1) / T(L), z.data());
+struct Slice {
+  int64_t b, h, bh, N;
+  const T* bias;                  // this head's b
+  const Trend<T>* trend;
+  std::vector<T> kappa;           // [N], 0 for masked keys
+  std::vector<uint8_t> on;        // [N] the key takes part
+  std::vector<double> ell;        // [N] l_j (0 when masked: never used)
+  double ck = kNegInf;            // -inf: no key takes part
+  int64_t first_key = 0;
+
+  bool row_empty(int64_t i, bool causal) const {
+    return ck == kNegInf || trend->cw == kNegInf || (causal && first_key > i);
+  }
+  double G(int64_t i) const { return trend->cw + ck - trend->s * double(i); }
+};
+
+template <class T>
+Slice<T> make_slice(const KernelizedRpeParams<T>& p, const std::vector<Trend<T>>& trends, int64_t bh) {
+  const int64_t H = p.phi_q.H, N = p.phi_q.N;
+  Slice<T> sl;
+  sl.b = bh / H, sl.h = bh % H, sl.bh = bh, sl.N = N;
+  sl.bias = p.rel_bias + sl.h * p.bias_stride_h;
+  sl.trend = &trends[p.bias_stride_h == 0 ? 0 : sl.h];
+  sl.kappa.assign(N, T(0));
+  sl.on.assign(N, 0);
+  sl.ell.assign(N, 0.0);
+  sl.first_key = N;
+  for (int64_t j = 0; j < N; ++j) {
+    sl.on[j] = p.key_padding_mask == nullptr || p.key_padding_mask[sl.b * p.mask_stride_b + j] != 0;
+    if (!sl.on[j]) continue;
+    if (sl.first_key == N) sl.first_key = j;
+    if (p.key_log_scale) sl.ell[j] = double(p.key_log_scale[bh * N + j]);
+    sl.ck = std::max(sl.ck, sl.trend->s * double(j) + sl.ell[j]);
+  }
+  if (sl.ck != kNegInf)
+    for (int64_t j = 0; j < N; ++j)
+      if (sl.on[j]) sl.kappa[j] = static_cast<T>(std::exp(sl.trend->s * double(j) + sl.ell[j] - sl.ck));
+  return sl;
+}
+
+// Keys that take part for row i: [j0, j1).
+inline void key_range(int64_t i, int64_t N, bool causal, int64_t* j0, int64_t* j1) {
+  *j0 = 0;
+  *j1 = causal ? i + 1 : N;
+}
+
+// The row's own shift for the direct path: max over its keys of b[j - i] + l_j (-inf: none).
+template <class T>
+double row_shift(const Slice<T>& sl, int64_t i, bool causal) {
+  int64_t j0, j1;
+  key_range(i, sl.N, causal, &j0, &j1);
+  double M = kNegInf;
+  for (int64_t j = j0; j < j1; ++j)
+    if (sl.on[j]) M = std::max(M, double(sl.bias[j - i + sl.N - 1]) + sl.ell[j]);
+  return M;
+}
+
+// eps e^{mu_i} in a row's scale e^{log_scale} (inf when that overflows: the output is then 0,
+// the true one being below eps^-1 e^{log_scale - mu_i} |num|, negligible).
+double eps_scaled(const double eps, const double* mu_row, double log_scale) {
+  if (eps == 0) return 0;
+  return eps * std::exp(*mu_row - log_scale);
+}
+
+// buf[j][l] = K_j[m0 + l] kappa_j vt_j for keys that take part, exact zeros otherwise (a
+// masked key's values are never read).
+template <class T, int W>
+void load_keys(const KernelizedRpeParams<T>& p, const Slice<T>& sl, const Chunk& c, T* buf) {
+  const int64_t Dv = p.v.D;
+  for (int64_t j = 0; j < sl.N; ++j) {
+    T* dst = buf + j * 2 * W;
+    if (!sl.on[j]) {
+      std::fill(dst, dst + 2 * W, T(0));
+      continue;
+    }
+    const T s = sl.kappa[j] * (c.d < Dv ? p.v.row(sl.b, sl.h, j)[c.d] : T(1));
+    const T* f = p.phi_k.row(sl.b, sl.h, j) + c.m0;
+    for (int l = 0; l < 2 * W; ++l) dst[l] = l < c.nl ? f[l] * s : T(0);
+  }
+}
+
+
+template <class T>
+std::vector<Trend<T>> fit_trends(const KernelizedRpeParams<T>& p) {
+  const int64_t H = p.phi_q.H, N = p.phi_q.N;
+  std::vector<Trend<T>> trends(p.bias_stride_h == 0 ? 1 : H);
+  for (size_t h = 0; h < trends.size(); ++h)
+    trends[h] = fit_trend(p.rel_bias + int64_t(h) * p.bias_stride_h, N, p.causal);
+  return trends;
+}
+
+template <class T>
+std::vector<T> spectra(const std::vector<Trend<T>>& trends, const fft::Plan<T>& plan, int64_t N, bool causal) {
+  const int64_t L = plan.n, R = 2 * N - 1;
+  std::vector<T> w(trends.size() * R), z(trends.size() * 2 * L);
+  for (size_t h = 0; h < trends.size(); ++h) std::copy(trends[h].w.begin(), trends[h].w.end(), w.begin() + h * R);
+  kernel_spectra(plan, w.data(), R, int64_t(trends.size()), N, causal, T(1) / T(L), z.data());
   return z;
 }
-
 
 }  // namespace
 
 template <class T>
-void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, T* den) {
+void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, KernelizedRpeRows<T> rows) {
   constexpr int W = fft::kLanes<T>;
   const int64_t B = p.phi_q.B, H = p.phi_q.H, N = p.phi_q.N, m = p.phi_q.D, Dv = p.v.D;
   if (B * H * N == 0) return;
   const int64_t L = fft::fast_length(2 * N - 1);
   auto plan = fft::plan<T>(L);
-  const std::vector<T> z = weight_spectra(p, *plan);
+  const auto trends = fit_trends(p);
+  const std::vector<T> z = spectra(trends, *plan, N, p.causal);
   const auto chunks = make_chunks(m, Dv, 2 * W);
   const int nt = resolve_threads(p.threads);
   std::vector<AlignedBuffer<T>> bufs(nt), accs(nt);
   parallel_for(B * H, nt, [&](int64_t bh) {
-    const int64_t b = bh / H, h = bh % H;
+    const Slice<T> sl = make_slice(p, trends, bh);
+    const int64_t b = sl.b, h = sl.h, zh = p.bias_stride_h == 0 ? 0 : h;
     auto& buf = bufs[thread_index()];
     auto& nd = accs[thread_index()];  // [N][Dv + 1] numerators and denominator
     buf.resize(L * 2 * W);
     nd.resize(N * (Dv + 1));
     std::fill(nd.data(), nd.data() + N * (Dv + 1), T(0));
-    for (const Chunk& c : chunks) {
-      load_scaled<T, W>(p.phi_k, b, h, c, L, buf.data(), [&](int64_t j) {
-        if (!key_on(p, b, j)) return T(0);
-        return c.d < Dv ? p.v.row(b, h, j)[c.d] : T(1);
-      });
+    const bool any = sl.ck != kNegInf && sl.trend->cw != kNegInf;
+    for (size_t ci = 0; any && ci < chunks.size(); ++ci) {
+      const Chunk& c = chunks[ci];
+      load_keys<T, W>(p, sl, c, buf.data());
       fft::forward_padded<T, W>(*plan, buf.data(), N);
-      fft::inverse_product<T, W>(*plan, buf.data(), z.data() + h * 2 * L, false, N);
+      fft::inverse_product<T, W>(*plan, buf.data(), z.data() + zh * 2 * L, false, N);
       for (int64_t i = 0; i < N; ++i) {
         const T* a = p.phi_q.row(b, h, i) + c.m0;
         const T* u = buf.data() + i * 2 * W;
@@ -108,35 +246,65 @@ void kernelized_rpe_forward(const KernelizedRpeParams<T>& p, BHND<T> out, T* den
         nd.data()[i * (Dv + 1) + c.d] += s;
       }
     }
-    // Zero denominators must give zero outputs, but the FFT turns an exact zero into rounding
-    // noise. So a row counts as empty when no key takes part (exact), or when its denominator
-    // is below the FFT's error bound ~ eps log2(L) |a_i|_1 |w|_2 max_m' |K[:, m']|_2 (then the
-    // computed ratio would be noise anyway). den = 0 marks such rows for the backward.
-    const T* w = p.weights + h * p.weights_stride_h;
+    // The FFT's per-entry rounding (without the row factor |a_i|_1), see the header: the
+    // probabilistic estimate eps sqrt(log2 L) |w'|_2 |x|_2 of an FFT convolution's error.
     double w2 = 0, k2 = 0;
-    for (int64_t r = 0; r < 2 * N - 1; ++r) w2 += double(w[r]) * w[r];
+    for (T x : sl.trend->w) w2 += double(x) * x;
     for (int64_t mm = 0; mm < m; ++mm) {
       double s = 0;
       for (int64_t j = 0; j < N; ++j)
-        if (key_on(p, b, j)) s += double(p.phi_k.row(b, h, j)[mm]) * p.phi_k.row(b, h, j)[mm];
+        if (sl.on[j]) {
+          const double x = double(p.phi_k.row(b, h, j)[mm]) * sl.kappa[j];
+          s += x * x;
+        }
       k2 = std::max(k2, s);
     }
-    const double noise = std::numeric_limits<T>::epsilon() * std::log2(double(L)) *
-                         std::sqrt(w2) * std::sqrt(k2);
-    int64_t first_key = N;
-    for (int64_t j = 0; j < N && first_key == N; ++j)
-      if (key_on(p, b, j)) first_key = j;
-    T* dn = den + bh * N;
+    const double noise = std::numeric_limits<T>::epsilon() * std::sqrt(std::log2(double(L)) * w2 * k2);
+    std::vector<double> num(Dv);
     for (int64_t i = 0; i < N; ++i) {
       const T* r = nd.data() + i * (Dv + 1);
       T* o = out.row(b, h, i);
+      T& dn = rows.den[bh * N + i];
+      uint8_t& direct = rows.direct[bh * N + i];
+      const double mu_i = p.eps_log_scale ? double(p.eps_log_scale[bh * N + i]) : 0.0;
+      direct = 0;
+      if (sl.row_empty(i, p.causal)) {
+        dn = T(0);
+        std::fill(o, o + Dv, T(0));
+        continue;
+      }
       const T* a = p.phi_q.row(b, h, i);
       double a1 = 0;
       for (int64_t mm = 0; mm < m; ++mm) a1 += std::abs(double(a[mm]));
-      const bool empty = first_key == N || (p.causal && first_key > i) || !(r[Dv] > noise * a1);
-      dn[i] = empty ? T(0) : r[Dv] + T(p.eps);
-      const T inv = empty ? T(0) : T(1) / dn[i];
-      for (int64_t d = 0; d < Dv; ++d) o[d] = r[d] * inv;
+      const T e = static_cast<T>(eps_scaled(p.eps, &mu_i, sl.G(i)));
+      if (r[Dv] > T(0) && noise * a1 <= kTau<T> * (double(r[Dv]) + double(e))) {
+        dn = r[Dv] + e;
+        const T inv = std::isfinite(dn) ? T(1) / dn : T(0);
+        for (int64_t d = 0; d < Dv; ++d) o[d] = r[d] * inv;
+        continue;
+      }
+      // Direct, in double, with the row's own shift.
+      direct = 1;
+      const double M = row_shift(sl, i, p.causal);
+      double den = 0;
+      std::fill(num.begin(), num.end(), 0.0);
+      if (M != kNegInf) {
+        for (int64_t j = 0; j <= (p.causal ? i : N - 1); ++j) {
+          if (!sl.on[j]) continue;
+          const double om = std::exp(double(sl.bias[j - i + N - 1]) + sl.ell[j] - M);
+          const T* kf = p.phi_k.row(b, h, j);
+          double pj = 0;
+          for (int64_t mm = 0; mm < m; ++mm) pj += double(a[mm]) * kf[mm];
+          pj *= om;
+          den += pj;
+          const T* vj = p.v.row(b, h, j);
+          for (int64_t d = 0; d < Dv; ++d) num[d] += pj * vj[d];
+        }
+      }
+      const double D = den + (M != kNegInf ? eps_scaled(p.eps, &mu_i, M) : 0.0);
+      dn = static_cast<T>(D);
+      const double inv = D > 0 && std::isfinite(D) ? 1.0 / D : 0.0;
+      for (int64_t d = 0; d < Dv; ++d) o[d] = static_cast<T>(num[d] * inv);
     }
   });
 }
@@ -146,61 +314,86 @@ void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRp
   constexpr int W = fft::kLanes<T>;
   const int64_t B = p.phi_q.B, H = p.phi_q.H, N = p.phi_q.N, m = p.phi_q.D, Dv = p.v.D;
   const int64_t R = 2 * N - 1;
-  const int64_t outs = p.weights_stride_h == 0 ? 1 : H;
+  const int64_t outs = p.bias_stride_h == 0 ? 1 : H;
   if (B * H * N == 0) {
-    if (g.grad_weights && N > 0) std::fill(g.grad_weights, g.grad_weights + outs * R, T(0));
+    if (g.grad_rel_bias && N > 0) std::fill(g.grad_rel_bias, g.grad_rel_bias + outs * R, T(0));
     return;
   }
   const int64_t L = fft::fast_length(2 * N - 1);
   auto plan = fft::plan<T>(L);
-  const std::vector<T> z = weight_spectra(p, *plan);
+  const auto trends = fit_trends(p);
+  const std::vector<T> z = spectra(trends, *plan, N, p.causal);
   const auto chunks = make_chunks(m, Dv, 2 * W);
   const int nt = resolve_threads(p.threads);
-  const bool want_w = g.grad_weights != nullptr;
-  std::vector<T> cross(want_w ? B * H * 2 * L : 0, T(0));  // per (b, h): summed in order later
+  const bool want_b = g.grad_rel_bias != nullptr;
+  std::vector<T> cross(want_b ? B * H * 2 * L : 0, T(0));  // per (b, h): summed in order later
+  std::vector<double> direct_gb(want_b ? B * H * R : 0, 0.0);  // direct rows' grad b per (b, h)
   std::vector<AlignedBuffer<T>> abufs(nt), ebufs(nt), ghs(nt);
   parallel_for(B * H, nt, [&](int64_t bh) {
-    const int64_t b = bh / H, h = bh % H;
+    const Slice<T> sl = make_slice(p, trends, bh);
+    const int64_t b = sl.b, h = sl.h, zh = p.bias_stride_h == 0 ? 0 : h;
     const int t = thread_index();
     abufs[t].resize(L * 2 * W);
     ebufs[t].resize(L * 2 * W);
     ghs[t].resize(N * (Dv + 1));
     T *ab = abufs[t].data(), *eb = ebufs[t].data(), *gh = ghs[t].data();
-    const T* dn = g.den + bh * N;
+    bool any_fft = false;
     for (int64_t i = 0; i < N; ++i) {
       const T* gz = g.grad_out.row(b, h, i);
       const T* zi = g.out.row(b, h, i);
       T* r = gh + i * (Dv + 1);
-      const T inv = dn[i] > T(0) ? T(1) / dn[i] : T(0);
+      const T D = g.den[bh * N + i];
+      const bool live = D > T(0) && std::isfinite(D);
+      const T inv = live ? T(1) / D : T(0);
       T dot = 0;
       for (int64_t d = 0; d < Dv; ++d) r[d] = gz[d] * inv, dot += gz[d] * zi[d];
       r[Dv] = -dot * inv;
+      if (g.grad_eps_log_scale) {
+        // d z_i / d mu_i = -z_i eps_i / D_i, with eps_i in the row's own scale.
+        T gm = 0;
+        if (live && p.eps > 0 && !g.direct[bh * N + i]) {  // direct rows: below
+          const double mu_i = p.eps_log_scale ? double(p.eps_log_scale[bh * N + i]) : 0.0;
+          gm = static_cast<T>(-double(dot) * eps_scaled(p.eps, &mu_i, sl.G(i)) / double(D));
+        }
+        g.grad_eps_log_scale[bh * N + i] = gm;
+      }
       std::fill(g.grad_phi_q.row(b, h, i), g.grad_phi_q.row(b, h, i) + m, T(0));
       std::fill(g.grad_phi_k.row(b, h, i), g.grad_phi_k.row(b, h, i) + m, T(0));
       std::fill(g.grad_v.row(b, h, i), g.grad_v.row(b, h, i) + Dv, T(0));
     }
-    for (const Chunk& c : chunks) {
-      auto vt = [&](int64_t j) {
-        if (!key_on(p, b, j)) return T(0);
-        return c.d < Dv ? p.v.row(b, h, j)[c.d] : T(1);
-      };
-      load_scaled<T, W>(p.phi_k, b, h, c, L, ab, vt);
-      load_scaled<T, W>(p.phi_q, b, h, c, L, eb, [&](int64_t i) { return gh[i * (Dv + 1) + c.d]; });
+    // FFT rows: the Toeplitz products (direct and empty rows have gh = 0 there).
+    std::vector<T> ghf(N * (Dv + 1));
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t d = 0; d <= Dv; ++d) {
+        const bool fft_row = !g.direct[bh * N + i];
+        ghf[i * (Dv + 1) + d] = fft_row ? gh[i * (Dv + 1) + d] : T(0);
+        any_fft = any_fft || (fft_row && gh[i * (Dv + 1) + d] != T(0));
+      }
+    for (size_t ci = 0; any_fft && ci < chunks.size(); ++ci) {
+      const Chunk& c = chunks[ci];
+      load_keys<T, W>(p, sl, c, ab);
+      for (int64_t i = 0; i < N; ++i) {
+        const T* a = p.phi_q.row(b, h, i) + c.m0;
+        const T s = ghf[i * (Dv + 1) + c.d];
+        T* dst = eb + i * 2 * W;
+        for (int l = 0; l < 2 * W; ++l) dst[l] = l < c.nl && s != T(0) ? a[l] * s : T(0);
+      }
       fft::forward_padded<T, W>(*plan, ab, N);
       fft::forward_padded<T, W>(*plan, eb, N);
-      if (want_w) accumulate_cross<T, W>(eb, ab, L, cross.data() + bh * 2 * L);
-      fft::inverse_product<T, W>(*plan, ab, z.data() + h * 2 * L, false, N);  // U = T A
-      fft::inverse_product<T, W>(*plan, eb, z.data() + h * 2 * L, true, N);   // F = T^T E
+      if (want_b) accumulate_cross<T, W>(eb, ab, L, cross.data() + bh * 2 * L);
+      fft::inverse_product<T, W>(*plan, ab, z.data() + zh * 2 * L, false, N);  // U = T' A
+      fft::inverse_product<T, W>(*plan, eb, z.data() + zh * 2 * L, true, N);   // F = T'^T E
       for (int64_t i = 0; i < N; ++i) {
-        const T ghd = gh[i * (Dv + 1) + c.d];
+        const T ghd = ghf[i * (Dv + 1) + c.d];
+        if (ghd == T(0)) continue;
         const T* u = ab + i * 2 * W;
         T* ga = g.grad_phi_q.row(b, h, i) + c.m0;
 #pragma omp simd
         for (int64_t l = 0; l < c.nl; ++l) ga[l] += ghd * u[l];
       }
       for (int64_t j = 0; j < N; ++j) {
-        if (!key_on(p, b, j)) continue;  // masked keys: zero gradients
-        const T s = vt(j);
+        if (!sl.on[j]) continue;  // masked keys: zero gradients
+        const T s = sl.kappa[j] * (c.d < Dv ? p.v.row(b, h, j)[c.d] : T(1));
         const T* f = eb + j * 2 * W;
         const T* kf = p.phi_k.row(b, h, j) + c.m0;
         T* gk = g.grad_phi_k.row(b, h, j) + c.m0;
@@ -210,11 +403,76 @@ void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRp
           gk[l] += f[l] * s;
           dv += f[l] * kf[l];
         }
-        if (c.d < Dv) g.grad_v.row(b, h, j)[c.d] += dv;
+        if (c.d < Dv) g.grad_v.row(b, h, j)[c.d] += dv * sl.kappa[j];
       }
     }
+    // Direct rows, term by term in double, with the forward's shift. Their denominator is
+    // recomputed in double too: rounded to T it can underflow (relu rows with tiny features).
+    std::vector<double> ga(m), ghd(Dv + 1);
+    for (int64_t i = 0; i < N; ++i) {
+      if (!g.direct[bh * N + i]) continue;
+      const double M = row_shift(sl, i, p.causal);
+      if (M == kNegInf) continue;
+      const T* a = p.phi_q.row(b, h, i);
+      const int64_t jend = p.causal ? i + 1 : N;
+      auto weight = [&](int64_t j, double* pj) {  // omega_ij and p_ij = a_i . K_j
+        const T* kf = p.phi_k.row(b, h, j);
+        double s = 0;
+        for (int64_t mm = 0; mm < m; ++mm) s += double(a[mm]) * kf[mm];
+        *pj = s;
+        return std::exp(double(sl.bias[j - i + N - 1]) + sl.ell[j] - M);
+      };
+      const double mu_i = p.eps_log_scale ? double(p.eps_log_scale[bh * N + i]) : 0.0;
+      const double e = eps_scaled(p.eps, &mu_i, M);
+      double D = e;
+      for (int64_t j = 0; j < jend; ++j) {
+        if (!sl.on[j]) continue;
+        double pj;
+        const double om = weight(j, &pj);
+        D += om * pj;
+      }
+      if (!(D > 0) || !std::isfinite(D)) continue;
+      const T* gz = g.grad_out.row(b, h, i);
+      const T* zi = g.out.row(b, h, i);
+      double dot = 0;
+      for (int64_t d = 0; d < Dv; ++d) ghd[d] = double(gz[d]) / D, dot += double(gz[d]) * zi[d];
+      ghd[Dv] = -dot / D;
+      if (g.grad_eps_log_scale) g.grad_eps_log_scale[bh * N + i] = static_cast<T>(-dot * e / D);
+      std::fill(ga.begin(), ga.end(), 0.0);
+      for (int64_t j = 0; j < jend; ++j) {
+        if (!sl.on[j]) continue;
+        double pj;
+        const double om = weight(j, &pj);
+        if (om == 0) continue;
+        const T* kf = p.phi_k.row(b, h, j);
+        const T* vj = p.v.row(b, h, j);
+        double qj = ghd[Dv];
+        for (int64_t d = 0; d < Dv; ++d) qj += ghd[d] * vj[d];
+        T* gk = g.grad_phi_k.row(b, h, j);
+        T* gv = g.grad_v.row(b, h, j);
+        for (int64_t mm = 0; mm < m; ++mm) {
+          ga[mm] += om * qj * kf[mm];
+          gk[mm] += static_cast<T>(om * qj * a[mm]);
+        }
+        for (int64_t d = 0; d < Dv; ++d) gv[d] += static_cast<T>(om * pj * ghd[d]);
+        if (want_b) direct_gb[bh * R + j - i + N - 1] += om * pj * qj;
+      }
+      T* gq = g.grad_phi_q.row(b, h, i);
+      for (int64_t mm = 0; mm < m; ++mm) gq[mm] += static_cast<T>(ga[mm]);
+    }
+    if (g.grad_key_log_scale)
+      for (int64_t j = 0; j < N; ++j) {
+        // The keys enter as K_j e^{l_j}: d/dl_j = K_j . grad K_j.
+        T s = 0;
+        if (sl.on[j]) {
+          const T* kf = p.phi_k.row(b, h, j);
+          const T* gk = g.grad_phi_k.row(b, h, j);
+          for (int64_t mm = 0; mm < m; ++mm) s += kf[mm] * gk[mm];
+        }
+        g.grad_key_log_scale[bh * N + j] = s;
+      }
   });
-  if (!want_w) return;
+  if (!want_b) return;
   std::vector<T> sum(outs * 2 * L, T(0));
   parallel_for(outs, nt, [&](int64_t o) {
     T* s = sum.data() + o * 2 * L;
@@ -225,11 +483,23 @@ void kernelized_rpe_backward(const KernelizedRpeParams<T>& p, const KernelizedRp
         for (int64_t f = 0; f < 2 * L; ++f) s[f] += src[f];
       }
   });
-  coeff_grads_from_cross(*plan, sum.data(), outs, N, p.causal, g.grad_weights);
+  coeff_grads_from_cross(*plan, sum.data(), outs, N, p.causal, g.grad_rel_bias);
+  for (int64_t o = 0; o < outs; ++o) {
+    const std::vector<T>& w = trends[o].w;
+    T* gb = g.grad_rel_bias + o * R;
+    for (int64_t t = 0; t < R; ++t) {
+      double s = 0;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; ++h)
+          if (outs == 1 || h == o) s += direct_gb[(b * H + h) * R + t];
+      // w' = 0 (an offset far below the rest, or -inf) contributes nothing through the FFT.
+      gb[t] = (w[t] == T(0) ? T(0) : gb[t] * w[t]) + static_cast<T>(s);
+    }
+  }
 }
 
-#define LONGATTN_KRPE_INSTANTIATE(T)                                                     \
-  template void kernelized_rpe_forward<T>(const KernelizedRpeParams<T>&, BHND<T>, T*); \
+#define LONGATTN_KRPE_INSTANTIATE(T)                                                                       \
+  template void kernelized_rpe_forward<T>(const KernelizedRpeParams<T>&, BHND<T>, KernelizedRpeRows<T>); \
   template void kernelized_rpe_backward<T>(const KernelizedRpeParams<T>&, const KernelizedRpeGrads<T>&);
 LONGATTN_KRPE_INSTANTIATE(float)
 LONGATTN_KRPE_INSTANTIATE(double)

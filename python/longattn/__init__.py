@@ -17,7 +17,7 @@ if not _os.path.exists(_LIB):
 _torch.ops.load_library(_LIB)
 
 from ._softmax import softmax_attention  # noqa: E402
-from ._kernelized import kernelized_attention, random_features  # noqa: E402
+from ._kernelized import feature_map, kernelized_attention, random_features  # noqa: E402
 from ._toeplitz import toeplitz_matmul, toeplitz_matmul_2d  # noqa: E402
 from ._kernelized_rpe import kernelized_rpe_attention  # noqa: E402
 from ._shatter import shatter_attention  # noqa: E402
@@ -26,6 +26,6 @@ from ._dropout import dropout  # noqa: E402
 from ._info import info  # noqa: E402
 from . import nn  # noqa: E402
 
-__all__ = ["softmax_attention", "kernelized_attention", "random_features", "toeplitz_matmul",
+__all__ = ["softmax_attention", "kernelized_attention", "random_features", "feature_map", "toeplitz_matmul",
            "toeplitz_matmul_2d", "kernelized_rpe_attention", "shatter_attention", "yoso_attention",
            "yoso_expectation", "dropout", "nn", "info"]

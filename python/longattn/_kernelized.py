@@ -1,6 +1,6 @@
 import torch
 
-__all__ = ["kernelized_attention", "random_features"]
+__all__ = ["kernelized_attention", "random_features", "feature_map"]
 
 
 def kernelized_attention(q, k, v, *, feature_map, causal=False, key_padding_mask=None,
@@ -21,10 +21,20 @@ def kernelized_attention(q, k, v, *, feature_map, causal=False, key_padding_mask
     takes part; masked keys count in neither sum. A query with no key outputs zeros.
     The projection is a constant (no gradient).
 
+    eps (>= 0) is added to the denominator of the stabilised features: for elu/relu the
+    features themselves; for sikf/favor phi(q_i) e^{-c_i} and phi(k_j) e^{-R_i}, c_i the query
+    row's largest exponent and R_i the largest over the keys that take part for row i (all of
+    them; with ``causal``, j <= i), so that the largest product is about 1. rel_bias does not
+    change what eps means.
+
     rel_bias: [H, 2N-1] (Nq == Nk == N), Luo et al.'s relative positional encoding: key j is
-    weighted by e^{rel_bias[j - i + N - 1]} for query i, in both sums. Computed by FFT Toeplitz
-    products over the m*(Dv+1) feature channels in chunks, O(N log N m Dv) time and O(N (m+Dv))
-    memory (kernelized_rpe_attention on the mapped features). Differentiable in rel_bias too.
+    weighted by e^{rel_bias[j - i + N - 1]} for query i, in both sums:
+    out_i = sum_j e^{b[j-i]} phi(q_i).phi(k_j) v_j / (sum_j e^{b[j-i]} phi(q_i).phi(k_j) + eps)
+    (phi the stabilised features above). Exact for any finite bias (-inf: the offset takes no
+    part; NaN and +inf are errors): the kernel takes a linear trend out of the bias and
+    recomputes directly any row the FFT cannot resolve (docs/toeplitz.md). Computed by FFT
+    Toeplitz products over the m*(Dv+1) feature channels in chunks, O(N log N m Dv) time and
+    O(N (m+Dv)) memory, plus O(N (m+Dv)) per directly computed row. Differentiable in rel_bias.
     """
     return torch.ops.longattn.kernelized_attention(
         q, k, v, feature_map=feature_map, causal=causal, key_padding_mask=key_padding_mask,
@@ -41,3 +51,15 @@ def random_features(m, d, *, seed, orthogonal=True, scaling="chi", heads=None, d
     """
     return torch.ops.longattn.random_features(m, d, seed=seed, orthogonal=orthogonal,
                                               scaling=scaling, heads=heads, dtype=dtype)
+
+
+def feature_map(x, *, feature_map, projection=None, key_padding_mask=None):
+    """The feature maps of :func:`kernelized_attention`, row by row: x [B, H, N, D] ->
+    (phi [B, H, N, m], shift [B, H, N]) with phi = phi(x) e^{-shift}: shift is the row's largest
+    exponent for 'sikf' (max_d x_d) and 'favor' (max_r omega_r.x - |x|^2/2), 0 for 'elu' and
+    'relu'. key_padding_mask [B, N] (True = the row takes part): other rows are never read and
+    give phi = 0, shift = 0 and zero gradients. Differentiable in x (shift included). The same
+    code as the attention kernels use.
+    """
+    return torch.ops.longattn.feature_map(x, feature_map=feature_map, projection=projection,
+                                          key_padding_mask=key_padding_mask)

@@ -9,10 +9,14 @@ def kernelized_rpe_attention(phi_q, phi_k, v, rel_bias, *, causal=False, key_pad
 
     phi_q, phi_k [B, H, N, m] (nonnegative, already feature-mapped), v [B, H, N, Dv],
     rel_bias [H, 2N-1] (offset j - i at index j - i + N - 1) -> [B, H, N, Dv]:
-    z_i = sum_j w[j-i] phi_q_i.phi_k_j v_j / (sum_j w[j-i] phi_q_i.phi_k_j + eps) with
-    w = e^{b - max b} (max over the offsets in use; the shift cancels when eps = 0).
-    Computed by FFT over the m*(Dv+1) channels in chunks: O(N log N m Dv) time, O(N (m+Dv))
-    memory. Rows with no weighted key give zeros. Differentiable in all four tensors.
+    z_i = sum_j e^{b[j-i]} phi_q_i.phi_k_j v_j / (sum_j e^{b[j-i]} phi_q_i.phi_k_j + eps),
+    eps (>= 0) added to that denominator as it stands (the bias is not shifted).
+    Exact for any finite bias (-inf: the offset takes no part; NaN, +inf are errors): the
+    kernel takes a linear trend out of the bias, runs the FFT at a common scale and recomputes
+    directly every row whose denominator the FFT's rounding could not resolve
+    (docs/toeplitz.md). O(N log N m Dv) time, O(N (m+Dv)) memory, plus O(N (m+Dv)) per
+    directly computed row. Rows with no key give zeros. Masked keys are never read.
+    Differentiable in all four tensors.
     """
     return torch.ops.longattn.kernelized_rpe_attention(
         phi_q, phi_k, v, rel_bias, causal=causal, key_padding_mask=key_padding_mask, eps=eps)

@@ -99,3 +99,237 @@ def test_bad_rel_bias():
     with pytest.raises(RuntimeError, match="rel_bias needs Nq == Nk"):
         longattn.kernelized_attention(q, torch.randn(1, 2, 6, 3), torch.randn(1, 2, 6, 3),
                                       feature_map="elu", rel_bias=torch.randn(2, 9))
+
+
+# ------------------------------------------------------------------ issue 12: any finite bias
+# The reference below is the formula itself, in fp64 (inputs of at most |b| <= 100 keep every
+# e^{b} and every sum finite in fp64), with the stabilised features that define eps:
+#   out_i = sum_j e^{b[j-i]} phq_i.phk_ij v_j / (sum_j e^{b[j-i]} phq_i.phk_ij + eps)
+# phq_i = phi(q_i) e^{-c_i} (the row's largest exponent), phk_ij = phi(k_j) e^{-R_i} (R_i the
+# largest key exponent over the keys that take part for row i); elu / relu: no shifts.
+
+def exponents(x, feature_map, omega):
+    if feature_map == "sikf":
+        return x
+    return x @ omega.to(x.dtype).T - 0.5 * (x * x).sum(-1, keepdim=True)
+
+
+def formula(q, k, v, b, feature_map, omega=None, causal=False, mask=None, eps=0.0):
+    q, k, v, b = q.double(), k.double(), v.double(), b.double()
+    N = q.shape[2]
+    i = torch.arange(N)
+    on = torch.ones(q.shape[0], 1, N, N, dtype=torch.bool)
+    if causal:
+        on = on & (i[None, :] <= i[:, None])
+    if mask is not None:
+        on = on & mask[:, None, None, :]
+    if feature_map in ("elu", "relu"):
+        S = features(q, feature_map) @ features(k, feature_map).transpose(-1, -2)
+    else:
+        uq, uk = exponents(q, feature_map, omega), exponents(k, feature_map, omega)
+        sq = math.sqrt(omega.shape[0]) if feature_map == "favor" else 1.0
+        phq = torch.exp(uq - uq.amax(-1, keepdim=True)) / sq
+        ck = uk.amax(-1)  # [B, H, N] key exponents
+        R = torch.where(on, ck[:, :, None, :], -math.inf).amax(-1)  # [B, H, N] per row
+        R = torch.where(torch.isfinite(R), R, torch.zeros_like(R))
+        # phi(k_j) e^{-R_i} = e^{uk_j - R_i} / sq, one matrix per row i.
+        S = torch.einsum("bhim,bhijm->bhij", phq,
+                         torch.exp(uk[:, :, None, :, :] - R[..., None, None]) / sq)
+    W = b.exp()[:, (i[None, :] - i[:, None]) + N - 1]
+    S = torch.where(on, S * W, torch.zeros((), dtype=torch.float64))
+    den = S.sum(-1, keepdim=True)
+    return torch.where(den + eps > 0, S @ v / (den + eps), torch.zeros((), dtype=torch.float64))
+
+
+def bias_family(kind, H, N, size, dtype=torch.float64):
+    r = torch.arange(-(N - 1), N, dtype=torch.float64)
+    u = r / max(1, N - 1)
+    if kind == "random":
+        b = size * torch.randn(H, 2 * N - 1, dtype=torch.float64)
+    elif kind == "ramp":  # spread = size, alternating direction per head
+        b = torch.stack([0.5 * size * u * (1 if h % 2 == 0 else -1) for h in range(H)])
+    elif kind == "alibi":
+        b = (-size * u.abs()).expand(H, -1)
+    elif kind == "slope+":
+        b = torch.where(r > 0, size * u, 0.0).expand(H, -1)
+    elif kind == "slope-":
+        b = torch.where(r < 0, size * u, 0.0).expand(H, -1)
+    else:  # a step
+        b = torch.where(r >= -(N // 3), size, 0.0).expand(H, -1)
+    return b.contiguous().to(dtype)
+
+
+BIASES = [("random", 3.0), ("ramp", 200.0), ("ramp", 20.0), ("alibi", 60.0), ("slope+", 150.0),
+          ("slope-", 150.0), ("step", 40.0)]
+
+
+def problem(dtype, feature_map, N=40, B=2, H=2, D=4, Dv=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = 0.5 * torch.randn(B, H, N, D, generator=g, dtype=torch.float64)
+    k = 0.5 * torch.randn(B, H, N, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, H, N, Dv, generator=g, dtype=torch.float64)
+    omega = longattn.random_features(8, D, seed=seed + 1, dtype=dtype) if feature_map == "favor" else None
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[1, ::3] = False
+    mask[1, : N // 4] = False
+    return q.to(dtype), k.to(dtype), v.to(dtype), omega, mask
+
+
+@pytest.mark.parametrize("kind,size", BIASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_any_bias_matches_the_formula_forward_and_backward(kind, size, dtype):
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for feature_map, causal in itertools.product(MAPS, [False, True]):
+        torch.manual_seed(len(kind) + int(size))
+        q, k, v, omega, mask = problem(dtype, feature_map)
+        b = bias_family(kind, 2, q.shape[2], size, dtype)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, b)]
+        eps = 1e-3
+        out = longattn.kernelized_attention(*leaves[:3], feature_map=feature_map, causal=causal,
+                                            key_padding_mask=mask, projection=omega, eps=eps,
+                                            rel_bias=leaves[3])
+        ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+        ref = formula(*ref_leaves, feature_map, omega, causal, mask, eps)
+        what = f"{feature_map} causal={causal}"
+        assert (out.double() - ref).abs().max() <= tol * ref.abs().max(), what
+        gz = torch.randn_like(ref)
+        grads = torch.autograd.grad(out, leaves, gz.to(dtype))
+        ref_grads = torch.autograd.grad(ref, ref_leaves, gz)
+        for name, g, rg in zip("qkvb", grads, ref_grads):
+            # relu: the kink at 0 is differentiated alike; a 1e-4 float allowance is still
+            # relative to each gradient's scale.
+            assert (g.double() - rg).abs().max() <= tol * rg.abs().max() + 1e-300, (what, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernelized_rpe_attention_any_bias(dtype):
+    # On features: the formula with eps added to sum_j e^{b[j-i]} fq_i.fk_j as it stands.
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    g = torch.Generator().manual_seed(3)
+    B, H, N, m, Dv = 2, 2, 50, 6, 3
+    fq, fk = torch.rand(B, H, N, m, generator=g, dtype=dtype), torch.rand(B, H, N, m, generator=g, dtype=dtype)
+    v = torch.randn(B, H, N, Dv, generator=g, dtype=dtype)
+    mask = torch.rand(B, N, generator=g) > 0.2
+    for (kind, size), causal in itertools.product(BIASES, [False, True]):
+        b = bias_family(kind, H, N, size, dtype)
+        z = longattn.kernelized_rpe_attention(fq, fk, v, b, causal=causal, key_padding_mask=mask, eps=1e-2)
+        i = torch.arange(N)
+        W = b.double().exp()[:, (i[None, :] - i[:, None]) + N - 1]
+        on = mask[:, None, None, :] & ((i[None, :] <= i[:, None]) if causal else True)
+        S = torch.where(on, (fq.double() @ fk.double().transpose(-1, -2)) * W, torch.zeros((), dtype=torch.float64))
+        ref = S @ v.double() / (S.sum(-1, keepdim=True) + 1e-2)
+        assert (z.double() - ref).abs().max() <= tol * ref.abs().max(), (kind, size, causal)
+
+
+def test_the_issue_example_is_exact_now():
+    N = 64
+    g = torch.Generator().manual_seed(0)
+    pq = torch.randn(1, 1, N, 4, generator=g).exp()
+    pk = torch.randn(1, 1, N, 4, generator=g).exp()
+    v = torch.randn(1, 1, N, 2, generator=g)
+    b = torch.linspace(-20, 20, 2 * N - 1)[None]
+    z = longattn.kernelized_rpe_attention(pq, pk, v, b)
+    i = torch.arange(N)
+    S = (pq.double() @ pk.double().transpose(-1, -2)) * b.double().exp()[:, (i[None, :] - i[:, None]) + N - 1]
+    ref = S @ v.double() / S.sum(-1, keepdim=True)
+    assert (z.double() - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert (z.abs().sum(-1) > 0).all()  # no zero rows
+
+
+@pytest.mark.parametrize("feature_map", MAPS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_eps_means_the_same_with_and_without_rel_bias(feature_map, causal):
+    # A zero bias weighs every key by 1: the Toeplitz path must reproduce the linear-time
+    # kernel including eps (large here, so that its meaning shows), outputs and gradients.
+    q, k, v, omega, mask = problem(torch.float64, feature_map, N=30)
+    q, k, v = 3 * q, 3 * k, v  # a spread of key exponents, so that the stabilisers matter
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    kw = dict(feature_map=feature_map, causal=causal, key_padding_mask=mask, projection=omega, eps=0.5)
+    plain = longattn.kernelized_attention(*leaves, **kw)
+    rpe = longattn.kernelized_attention(*leaves, rel_bias=torch.zeros(2, 59, dtype=torch.float64), **kw)
+    torch.testing.assert_close(rpe, plain, rtol=1e-11, atol=1e-12)
+    gz = torch.randn_like(plain)
+    for a, b in zip(torch.autograd.grad(plain, leaves, gz), torch.autograd.grad(rpe, leaves, gz)):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("rel_bias", [False, True])
+def test_masked_keys_non_finite_values_reach_nothing(bad, causal, rel_bias):
+    # Issue 12 part 2: NaN / +-inf in a masked key's k or v: outputs and every gradient equal
+    # those with zeros there, bit for bit; the masked keys' gradients are zero.
+    for feature_map in MAPS:
+        q, k, v, omega, mask = problem(torch.float32, feature_map, N=24)
+        b = 0.5 * torch.randn(2, 47) if rel_bias else None
+        off = ~mask[:, None, :, None]
+        k0, v0 = k.masked_fill(off, 0.0), v.masked_fill(off, 0.0)
+        kb, vb = k.masked_fill(off, bad), v.masked_fill(off, bad)
+
+        def run(k, v):
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = longattn.kernelized_attention(*leaves, feature_map=feature_map, causal=causal,
+                                                key_padding_mask=mask, projection=omega, rel_bias=b)
+            return [out] + list(torch.autograd.grad(out, leaves, torch.ones_like(out)))
+
+        for x, y, name in zip(run(k0, v0), run(kb, vb), ["out", "gq", "gk", "gv"]):
+            assert torch.isfinite(y).all(), (feature_map, name)
+            assert torch.equal(x, y), (feature_map, name)
+        gk, gv = run(kb, vb)[2:]
+        assert (gk.masked_select(off) == 0).all() and (gv.masked_select(off) == 0).all()
+
+
+def test_kernelized_rpe_attention_masked_non_finite():
+    fq, fk, v = torch.rand(1, 2, 20, 3), torch.rand(1, 2, 20, 3), torch.randn(1, 2, 20, 2)
+    mask = torch.ones(1, 20, dtype=torch.bool)
+    mask[0, [0, 5, 19]] = False
+    b = torch.linspace(-50, 50, 39).expand(2, -1).contiguous()
+    off = ~mask[:, None, :, None]
+    outs = []
+    for bad in (0.0, math.nan, math.inf):
+        leaves = [fq.clone().requires_grad_(), fk.masked_fill(off, bad).requires_grad_(),
+                  v.masked_fill(off, bad).requires_grad_(), b.clone().requires_grad_()]
+        z = longattn.kernelized_rpe_attention(*leaves, key_padding_mask=mask, eps=1e-3)
+        outs.append([z] + list(torch.autograd.grad(z.sum(), leaves)))
+    for other in outs[1:]:
+        for x, y in zip(outs[0], other):
+            assert torch.equal(x, y)
+
+
+def test_non_finite_bias_is_an_error():
+    fq = torch.rand(1, 2, 5, 3)
+    for bad in (math.nan, math.inf):
+        b = torch.zeros(2, 9)
+        b[1, 4] = bad
+        with pytest.raises(RuntimeError, match=r"rel_bias must be finite or -inf .* got 1 NaN or \+inf"):
+            longattn.kernelized_rpe_attention(fq, fq, torch.randn(1, 2, 5, 4), b)
+
+
+@pytest.mark.parametrize("feature_map", MAPS)
+def test_feature_map_op_is_the_kernels_map(feature_map):
+    # One implementation: longattn.feature_map (the kernels' code) against the definition, and
+    # masked rows never read.
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64)
+    omega = longattn.random_features(6, 5, seed=2, dtype=torch.float64, heads=3) if feature_map == "favor" else None
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 2] = False
+    xb = x.clone()
+    xb[1, :, 2] = math.nan
+    xb.requires_grad_()
+    phi, shift = longattn.feature_map(xb, feature_map=feature_map, projection=omega, key_padding_mask=mask)
+    if feature_map in ("elu", "relu"):
+        ref, ref_shift = features(x, feature_map), torch.zeros(2, 3, 7, dtype=torch.float64)
+    else:
+        u = x if feature_map == "sikf" else x @ omega.transpose(-1, -2)[None] - 0.5 * (x * x).sum(-1, keepdim=True)
+        ref_shift = u.amax(-1)
+        ref = torch.exp(u - ref_shift[..., None]) / (math.sqrt(6) if feature_map == "favor" else 1)
+    on = mask[:, None, :]
+    torch.testing.assert_close(phi[on.expand(-1, 3, -1)], ref[on.expand(-1, 3, -1)], rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(shift[on.expand(-1, 3, -1)], ref_shift[on.expand(-1, 3, -1)])
+    assert (phi[1, :, 2] == 0).all() and (shift[1, :, 2] == 0).all()
+    (gx,) = torch.autograd.grad((phi * torch.randn_like(phi)).sum() + shift.sum(), xb)
+    assert torch.isfinite(gx).all() and (gx[1, :, 2] == 0).all()
+    xg = x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: longattn.feature_map(t, feature_map=feature_map, projection=omega, key_padding_mask=mask),
+        (xg,))

@@ -14,10 +14,13 @@ struct KernelizedAttentionOptions {
   // favor only: omega [m, D] shared by the heads or [H, m, D] (see random_features); a
   // constant (no gradient).
   c10::optional<at::Tensor> projection;
-  double eps = 1e-6;  // >= 0; with 0, a zero denominator gives a zero output
+  // >= 0, added to the denominator of the stabilised features (kernels/kernelized_attention/
+  // kernelized_attention.h: the largest product is about 1), with or without rel_bias; with 0,
+  // a zero denominator gives a zero output.
+  double eps = 1e-6;
   // [H, 2N-1] (Nq == Nk == N): Luo et al.'s relative positional encoding, key j weighted by
-  // e^{rel_bias[j - i + N - 1]} for query i; computed by FFT Toeplitz products on the features
-  // (O(N log N m Dv)). Differentiable.
+  // e^{rel_bias[j - i + N - 1]} for query i in both sums, exact for any finite bias; computed by
+  // FFT Toeplitz products on the features (O(N log N m Dv), docs/toeplitz.md). Differentiable.
   c10::optional<at::Tensor> rel_bias;
 };
 

@@ -1,6 +1,8 @@
 // Luo et al.'s kernelized attention with a relative positional encoding, at the feature level
 // (phi(q), phi(k) already mapped, nonnegative): z_i = sum_j e^{b[j-i+N-1]} phi_q_i.phi_k_j v_j /
-// sum_j e^{b[j-i+N-1]} phi_q_i.phi_k_j, by chunked FFT Toeplitz products, O(N log N m Dv) time,
+// (sum_j e^{b[j-i+N-1]} phi_q_i.phi_k_j + eps), exact for any finite bias (-inf: the offset takes
+// no part; NaN, +inf: an error), by chunked FFT Toeplitz products on the detrended bias plus a
+// direct computation of the rows the FFT cannot resolve (docs/toeplitz.md); O(N log N m Dv) time,
 // O(N (m + Dv)) memory. The same operator as torch.ops.longattn.kernelized_rpe_attention.
 #pragma once
 #include <torch/types.h>
@@ -10,7 +12,7 @@ namespace longattn {
 struct KernelizedRpeOptions {
   bool causal = false;                         // key j takes part for query i only when j <= i
   c10::optional<at::Tensor> key_padding_mask;  // [B, N] bool, true = the key takes part
-  double eps = 0.0;                            // added to nonempty denominators
+  double eps = 0.0;  // >= 0, added to the denominator as it stands (the bias is not shifted)
 };
 
 // phi_q, phi_k [B, H, N, m], v [B, H, N, Dv], rel_bias [H, 2N-1] -> [B, H, N, Dv]. Rows with no

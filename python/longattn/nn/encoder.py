@@ -14,7 +14,6 @@ from torch import nn
 import torch.nn.functional as F
 
 from .._kernelized import kernelized_attention, random_features
-from .._kernelized_rpe import kernelized_rpe_attention
 from .._shatter import shatter_attention
 from .._softmax import softmax_attention
 from .dropout import Dropout
@@ -71,51 +70,31 @@ class SoftmaxCore(nn.Module):
 
 class KernelizedCore(nn.Module):
     """Kernelized attention with a named feature map: elu, sikf, or favor (a fixed orthogonal
-    random projection per head from the layer's seed; q, k scaled by Dh^-1/4)."""
+    random projection per head from the layer's seed; q, k scaled by Dh^-1/4). With rel_bias,
+    Luo et al.: a learned relative bias [H, 2M - 1] weights key j for query i by e^{b[j-i]}
+    (kernelized_attention's rel_bias: the same feature maps, masking and eps)."""
 
-    def __init__(self, spec, feature_map):
+    def __init__(self, spec, feature_map, rel_bias=False):
         super().__init__()
         self.feature_map = feature_map
+        self.max_len = spec.max_len
         if feature_map == "favor":
             self.register_buffer("omega", random_features(FAVOR_FEATURES, spec.dim // spec.heads,
                                                           seed=spec.seed % (1 << 62), heads=spec.heads))
         else:
             self.omega = None
+        self.rel_bias = nn.Parameter(torch.zeros(spec.heads, 2 * spec.max_len - 1)) if rel_bias else None
 
     def forward(self, q, k, v, key_mask):
+        b = None
+        if self.rel_bias is not None:
+            b = _central(self.rel_bias, self.max_len, q.shape[2], "kernelized-rpe").to(q.dtype)
         if self.omega is None:
-            return kernelized_attention(q, k, v, feature_map=self.feature_map, key_padding_mask=key_mask)
+            return kernelized_attention(q, k, v, feature_map=self.feature_map, key_padding_mask=key_mask,
+                                        rel_bias=b)
         s = q.shape[3] ** -0.25
         return kernelized_attention(q * s, k * s, v, feature_map="favor", key_padding_mask=key_mask,
-                                    projection=self.omega.to(q.dtype))
-
-
-class KernelizedRpeCore(nn.Module):
-    """Luo et al.: e^{b[j-i]} phi(q_i).phi(k_j) weights, phi Performer's positive random features,
-    stabilised by the queries' row maximum and the keys' (batch, head) maximum (they cancel)."""
-
-    def __init__(self, spec):
-        super().__init__()
-        self.max_len = spec.max_len
-        self.register_buffer("omega", random_features(FAVOR_FEATURES, spec.dim // spec.heads,
-                                                      seed=spec.seed % (1 << 62), heads=spec.heads))
-        self.rel_bias = nn.Parameter(torch.zeros(spec.heads, 2 * spec.max_len - 1))
-
-    def forward(self, q, k, v, key_mask):
-        s = q.shape[3] ** -0.25
-        w = self.omega.to(q.dtype).unsqueeze(0)
-
-        def logits(x):
-            xs = x * s
-            return xs @ w.transpose(-1, -2) - 0.5 * xs.pow(2).sum(-1, keepdim=True)
-
-        lq, lk = logits(q), logits(k)
-        m = key_mask[:, None, :, None]
-        lk_max = lk.masked_fill(~m, -math.inf).amax(dim=(2, 3), keepdim=True).clamp_min(-1e30).detach()
-        phi_q = torch.exp(lq - lq.amax(-1, keepdim=True).detach())
-        phi_k = torch.exp(lk - lk_max) * m.to(q.dtype)
-        b = _central(self.rel_bias, self.max_len, q.shape[2], "kernelized-rpe").to(q.dtype)
-        return kernelized_rpe_attention(phi_q, phi_k, v, b, key_padding_mask=key_mask, eps=1e-6)
+                                    projection=self.omega.to(q.dtype), rel_bias=b)
 
 
 class YosoCore(nn.Module):
@@ -165,7 +144,7 @@ ATTENTIONS = {
     "favor": ("Performer's FAVOR+: positive orthogonal random features, 64 per head",
               lambda s: KernelizedCore(s, "favor")),
     "kernelized-rpe": ("random-feature attention with a learned relative-position encoding (Luo et al.)",
-                       KernelizedRpeCore),
+                       lambda s: KernelizedCore(s, "favor", rel_bias=True)),
     "yoso": ("YOSO: Bernoulli sampling attention by LSH, 16 hashes of round(log2 N) bits (Zeng et al.)",
              lambda s: YosoCore(s, False)),
     "yoso-e": ("YOSO-E: the expectation of YOSO's estimator, O(N^2) (Zeng et al.)", lambda s: YosoCore(s, True)),
