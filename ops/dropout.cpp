@@ -9,7 +9,7 @@
 
 #include "kernels/dropout/dropout.h"
 #include "longattn/dropout.h"
-#include "ops/checks.h"
+#include "ops/common.h"
 
 namespace longattn::ops {
 namespace {
@@ -28,12 +28,14 @@ at::Tensor dropout_apply(const at::Tensor& x, double p, int64_t seed) {
   return y;
 }
 
+at::Tensor dropout_apply_meta(const at::Tensor& x, double /*p*/, int64_t /*seed*/) {
+  return empty_like_sizes(x, x.sym_sizes());
+}
+
 class DropoutFunction : public torch::autograd::Function<DropoutFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, double p, int64_t seed) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_dropout_apply", "")
-                         .typed<decltype(dropout_apply)>();
+    static auto op = op_handle<decltype(dropout_apply)>("longattn::_dropout_apply");
     ctx->saved_data["p"] = p;
     ctx->saved_data["seed"] = seed;
     return op.call(x, p, seed);
@@ -48,8 +50,7 @@ class DropoutFunction : public torch::autograd::Function<DropoutFunction> {
 at::Tensor dropout_impl(const at::Tensor& x, double p, int64_t seed) {
   constexpr const char* op = "dropout";
   check_float_dtype(op, "x", x);
-  if (!x.device().is_cpu())
-    fail(op, "only CPU tensors are supported in this build, got " + x.device().str());
+  check_cpu(op, x);
   if (!(p >= 0.0 && p <= kernels::kDropoutMaxP)) {
     std::ostringstream msg;
     msg.precision(17);
@@ -69,6 +70,8 @@ TORCH_LIBRARY_FRAGMENT(longattn, m) {
 
 TORCH_LIBRARY_IMPL(longattn, CPU, m) { m.impl("_dropout_apply", dropout_apply); }
 
+TORCH_LIBRARY_IMPL(longattn, Meta, m) { m.impl("_dropout_apply", dropout_apply_meta); }
+
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) { m.impl("dropout", dropout_impl); }
 
 }  // namespace longattn::ops
@@ -76,9 +79,7 @@ TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) { m.impl("dropout", d
 namespace longattn {
 
 at::Tensor dropout(const at::Tensor& x, double p, int64_t seed) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("longattn::dropout", "")
-                       .typed<at::Tensor(const at::Tensor&, double, int64_t)>();
+  static auto op = ops::op_handle<decltype(ops::dropout_impl)>("longattn::dropout");
   return op.call(x, p, seed);
 }
 

@@ -10,7 +10,7 @@
 #include "kernels/kernelized_attention/kernelized_attention.h"
 #include "kernels/kernelized_attention/random_features.h"
 #include "longattn/kernelized_attention.h"
-#include "ops/checks.h"
+#include "ops/common.h"
 #include "ops/kernelized_rpe.h"
 #include "ops/views.h"
 
@@ -19,8 +19,6 @@ namespace {
 
 constexpr const char* kOp = "kernelized_attention";
 constexpr const char* kKnownMaps = "'elu', 'relu', 'sikf', 'favor'";
-
-using OptTensor = c10::optional<at::Tensor>;
 
 kernels::FeatureMap parse_feature_map(const std::string& name) {
   kernels::FeatureMap f;
@@ -33,18 +31,16 @@ template <class T>
 kernels::KernelizedAttentionParams<T> make_params(const at::Tensor& q, const at::Tensor& k,
                                                   const at::Tensor& v, const OptTensor& mask,
                                                   const OptTensor& projection,
-                                                  const std::string& feature_map, bool causal,
-                                                  double eps) {
+                                                  int64_t feature_map, bool causal, double eps) {
   kernels::KernelizedAttentionParams<T> p;
   p.q = bhnd<const T>(q);
   p.k = bhnd<const T>(k);
   p.v = bhnd<const T>(v);
-  if (mask && mask->defined()) {
-    p.key_padding_mask = reinterpret_cast<const uint8_t*>(mask->data_ptr<bool>());
-    p.mask_stride_b = mask->stride(0);
-  }
-  p.feature_map = parse_feature_map(feature_map);
-  if (projection && projection->defined()) {
+  const KeyMaskView km = key_mask_view(mask);
+  p.key_padding_mask = km.data;
+  p.mask_stride_b = km.stride_b;
+  p.feature_map = static_cast<kernels::FeatureMap>(feature_map);
+  if (given(projection)) {
     p.projection = projection->data_ptr<T>();
     p.num_features = projection->size(-2);
     p.projection_stride_h = projection->dim() == 3 ? projection->stride(0) : 0;
@@ -57,8 +53,9 @@ kernels::KernelizedAttentionParams<T> make_params(const at::Tensor& q, const at:
 
 // No feature (D = 0 for elu/relu/sikf, m = 0 for favor) or no key: every weight is 0.
 bool nothing_to_do(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out,
-                   const OptTensor& projection, const std::string& feature_map) {
-  const int64_t m = feature_map == "favor" ? projection->size(-2) : q.size(3);
+                   const OptTensor& projection, int64_t feature_map) {
+  const bool favor = feature_map == int64_t(kernels::FeatureMap::favor);
+  const int64_t m = favor ? projection->size(-2) : q.size(3);
   return out.numel() == 0 || k.size(2) == 0 || m == 0;
 }
 
@@ -66,19 +63,17 @@ bool nothing_to_do(const at::Tensor& q, const at::Tensor& k, const at::Tensor& o
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Tensor& k,
                                                const at::Tensor& v, const OptTensor& mask,
                                                const OptTensor& projection,
-                                               c10::string_view feature_map, bool causal,
-                                               double eps) {
-  const std::string fm(feature_map);
+                                               int64_t feature_map, bool causal, double eps) {
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Dv = v.size(3);
   at::Tensor out = at::empty({B, H, Nq, Dv}, v.options());
   at::Tensor inv = at::empty({B, H, Nq}, q.options());
-  if (nothing_to_do(q, k, out, projection, fm)) {
+  if (nothing_to_do(q, k, out, projection, feature_map)) {
     out.zero_();
     inv.zero_();
     return {out, inv};
   }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "kernelized_attention_forward", [&] {
-    auto p = make_params<scalar_t>(q, k, v, mask, projection, fm, causal, eps);
+    auto p = make_params<scalar_t>(q, k, v, mask, projection, feature_map, causal, eps);
     kernels::kernelized_attention_forward<scalar_t>(p, bhnd<scalar_t>(out),
                                                     inv.data_ptr<scalar_t>());
   });
@@ -88,12 +83,11 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& inv_denom, const OptTensor& mask,
-    const OptTensor& projection, c10::string_view feature_map, bool causal, double eps) {
-  const std::string fm(feature_map);
+    const OptTensor& projection, int64_t feature_map, bool causal, double eps) {
   at::Tensor gq = at::empty(q.sizes(), q.options());
   at::Tensor gk = at::empty(k.sizes(), k.options());
   at::Tensor gv = at::empty(v.sizes(), v.options());
-  if (nothing_to_do(q, k, out, projection, fm)) {
+  if (nothing_to_do(q, k, out, projection, feature_map)) {
     gq.zero_();
     gk.zero_();
     gv.zero_();
@@ -101,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   }
   at::Tensor go = last_dim_contiguous(grad_out);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "kernelized_attention_backward", [&] {
-    auto p = make_params<scalar_t>(q, k, v, mask, projection, fm, causal, eps);
+    auto p = make_params<scalar_t>(q, k, v, mask, projection, feature_map, causal, eps);
     kernels::KernelizedAttentionGrads<scalar_t> g;
     g.out = bhnd<const scalar_t>(out);
     g.grad_out = bhnd<const scalar_t>(go);
@@ -114,19 +108,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   return {gq, gk, gv};
 }
 
+// Meta kernels: the outputs' shapes and dtypes (sizes may be symbols under torch.compile).
+std::tuple<at::Tensor, at::Tensor> forward_meta(const at::Tensor& q, const at::Tensor& /*k*/,
+                                                const at::Tensor& v, const OptTensor& /*mask*/,
+                                                const OptTensor& /*projection*/, int64_t /*feature_map*/,
+                                                bool /*causal*/, double /*eps*/) {
+  return {empty_like_sizes(v, {q.sym_size(0), q.sym_size(1), q.sym_size(2), v.sym_size(3)}),
+          empty_like_sizes(q, {q.sym_size(0), q.sym_size(1), q.sym_size(2)})};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_meta(
+    const at::Tensor& /*grad_out*/, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& /*out*/, const at::Tensor& /*inv_denom*/, const OptTensor& /*mask*/,
+    const OptTensor& /*projection*/, int64_t /*feature_map*/, bool /*causal*/, double /*eps*/) {
+  return {empty_like_sizes(q, q.sym_sizes()), empty_like_sizes(k, k.sym_sizes()),
+          empty_like_sizes(v, v.sym_sizes())};
+}
+
 class KernelizedAttentionFunction
     : public torch::autograd::Function<KernelizedAttentionFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
-                            const OptTensor& projection, const std::string& feature_map,
-                            bool causal, double eps) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_kernelized_attention_forward", "")
-                         .typed<decltype(forward_cpu)>();
+                            const OptTensor& projection, int64_t feature_map, bool causal,
+                            double eps) {
+    static auto op = op_handle<decltype(forward_cpu)>("longattn::_kernelized_attention_forward");
     auto [out, inv] = op.call(q, k, v, mask, projection, feature_map, causal, eps);
-    ctx->save_for_backward({q, k, v, out, inv, mask ? *mask : at::Tensor(),
-                            projection ? *projection : at::Tensor()});
+    ctx->save_for_backward({q, k, v, out, inv, saved(mask), saved(projection)});
     ctx->saved_data["feature_map"] = feature_map;
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["eps"] = eps;
@@ -135,15 +143,11 @@ class KernelizedAttentionFunction
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_kernelized_attention_backward", "")
-                         .typed<decltype(backward_cpu)>();
+    static auto op = op_handle<decltype(backward_cpu)>("longattn::_kernelized_attention_backward");
     auto s = ctx->get_saved_variables();
-    OptTensor mask = s[5].defined() ? OptTensor(s[5]) : c10::nullopt;
-    OptTensor projection = s[6].defined() ? OptTensor(s[6]) : c10::nullopt;
     auto [gq, gk, gv] =
-        op.call(grads[0], s[0], s[1], s[2], s[3], s[4], mask, projection,
-                ctx->saved_data["feature_map"].toStringRef(), ctx->saved_data["causal"].toBool(),
+        op.call(grads[0], s[0], s[1], s[2], s[3], s[4], unsaved(s[5]), unsaved(s[6]),
+                ctx->saved_data["feature_map"].toInt(), ctx->saved_data["causal"].toBool(),
                 ctx->saved_data["eps"].toDouble());
     // The projection is a constant (Performer redraws it, it is not learned).
     return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -152,17 +156,17 @@ class KernelizedAttentionFunction
 
 void check_projection(const at::Tensor& q, const OptTensor& projection,
                       const std::string& feature_map) {
-  const bool given = projection && projection->defined();
+  const bool has = given(projection);
   if (feature_map != "favor") {
-    if (given)
+    if (has)
       fail(kOp, "projection is used only by feature_map='favor', got feature_map='" +
-                    feature_map + "' with a projection of shape " + shape_str(projection->sizes()));
+                    feature_map + "' with a projection of shape " + shape_str(projection->sym_sizes()));
     return;
   }
-  const int64_t H = q.size(1), D = q.size(3);
-  if (!given)
-    fail(kOp, "feature_map='favor' needs projection [m, D] or [H, m, D] with D = " +
-                  std::to_string(D) + " (see longattn.random_features)");
+  const c10::SymInt H = q.sym_size(1), D = q.sym_size(3);
+  if (!has)
+    fail(kOp, "feature_map='favor' needs projection [m, D] or [H, m, D] with D = " + str(D) +
+                  " (see longattn.random_features)");
   const at::Tensor& w = *projection;
   check_same_dtype_device(kOp, "q", q, "projection", w);
   if (w.dim() == 2) {
@@ -170,8 +174,8 @@ void check_projection(const at::Tensor& q, const OptTensor& projection,
   } else if (w.dim() == 3) {
     check_shape(kOp, "projection", w, {H, -1, D}, "[H, m, D]");
   } else {
-    fail(kOp, "projection must have shape [m, D] or [H, m, D] with H = " + std::to_string(H) +
-                  ", D = " + std::to_string(D) + ", got " + shape_str(w.sizes()));
+    fail(kOp, "projection must have shape [m, D] or [H, m, D] with H = " + str(H) + ", D = " +
+                  str(D) + ", got " + shape_str(w.sym_sizes()));
   }
 }
 
@@ -263,6 +267,24 @@ at::Tensor feature_map_backward_cpu(const at::Tensor& grad_phi, const at::Tensor
   return gx;
 }
 
+// Meta kernels of the feature map: phi [B, H, N, m] (m = the projection's rows for favor, else D),
+// its per-row shift and argmax [B, H, N]; the input gradient like x.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_map_forward_meta(
+    const at::Tensor& x, c10::string_view /*feature_map*/, const OptTensor& projection,
+    const OptTensor& /*mask*/) {
+  const c10::SymInt m = projection && projection->defined() ? projection->sym_size(-2) : x.sym_size(3);
+  const c10::SymInt B = x.sym_size(0), H = x.sym_size(1), N = x.sym_size(2);
+  return {empty_like_sizes(x, {B, H, N, m}), empty_like_sizes(x, {B, H, N}),
+          at::empty_symint({B, H, N}, x.options().dtype(at::kInt))};
+}
+
+at::Tensor feature_map_backward_meta(const at::Tensor& /*grad_phi*/, const at::Tensor& /*grad_shift*/,
+                                     const at::Tensor& x, const at::Tensor& /*phi*/,
+                                     const at::Tensor& /*argmax*/, c10::string_view /*feature_map*/,
+                                     const OptTensor& /*projection*/, const OptTensor& /*mask*/) {
+  return empty_like_sizes(x, x.sym_sizes());
+}
+
 class FeatureMapFunction : public torch::autograd::Function<FeatureMapFunction> {
  public:
   static torch::autograd::tensor_list forward(torch::autograd::AutogradContext* ctx,
@@ -347,58 +369,48 @@ at::Tensor kernelized_attention_impl(const at::Tensor& q, const at::Tensor& k,
                                      const OptTensor& projection, double eps,
                                      const OptTensor& rel_bias) {
   const std::string feature_map(feature_map_view);
-  parse_feature_map(feature_map);
-  check_rank(kOp, "q", q, 4, "[B, H, Nq, D]");
-  check_rank(kOp, "k", k, 4, "[B, H, Nk, D]");
-  check_rank(kOp, "v", v, 4, "[B, H, Nk, Dv]");
-  check_float_dtype(kOp, "q", q);
-  check_same_dtype_device(kOp, "q", q, "k", k);
-  check_same_dtype_device(kOp, "q", q, "v", v);
-  if (!q.device().is_cpu())
-    fail(kOp, "only CPU tensors are supported in this build, got " + q.device().str());
-  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
-  check_shape(kOp, "k", k, {B, H, -1, D}, "[B, H, Nk, D]");
-  check_shape(kOp, "v", v, {B, H, Nk, -1}, "[B, H, Nk, Dv]");
-  if (causal && Nq != Nk)
-    fail(kOp, "causal=True needs Nq == Nk, got Nq = " + std::to_string(Nq) + " and Nk = " +
-                  std::to_string(Nk));
+  const int64_t fm = static_cast<int64_t>(parse_feature_map(feature_map));
+  const QkvSizes n = check_qkv(kOp, q, k, v);
+  if (causal) check_square(kOp, "causal=True", n.Nq, n.Nk);
   if (!(eps >= 0) || !std::isfinite(eps))
     fail(kOp, "eps must be finite and >= 0, got " + std::to_string(eps));
   check_projection(q, projection, feature_map);
-  OptTensor mask, proj;
-  if (key_padding_mask && key_padding_mask->defined()) {
-    check_key_padding_mask(kOp, *key_padding_mask, B, Nk);
-    mask = key_padding_mask->contiguous();
-  }
-  if (projection && projection->defined()) proj = projection->detach().contiguous();
-  if (rel_bias && rel_bias->defined()) {
-    if (Nq != Nk)
-      fail(kOp, "rel_bias needs Nq == Nk, got Nq = " + std::to_string(Nq) + " and Nk = " +
-                    std::to_string(Nk));
+  const OptTensor mask = checked_key_mask(kOp, key_padding_mask, n.B, n.Nk);
+  OptTensor proj;
+  if (given(projection)) proj = projection->detach().contiguous();
+  if (given(rel_bias)) {
+    check_square(kOp, "rel_bias", n.Nq, n.Nk);
     check_same_dtype_device(kOp, "q", q, "rel_bias", *rel_bias);
     check_rank(kOp, "rel_bias", *rel_bias, 2, "[H, 2N-1]");
-    check_shape(kOp, "rel_bias", *rel_bias, {H, std::max<int64_t>(2 * Nq - 1, 0)}, "[H, 2N-1]");
+    check_shape(kOp, "rel_bias", *rel_bias, {n.H, offsets_len(n.Nq)}, "[H, 2N-1]");
     return rel_bias_path(q, k, v, feature_map, causal, mask, proj, *rel_bias, eps);
   }
-  if (D == 0 && feature_map == "favor" && proj->size(-2) > 0 && q.numel() == 0 &&
-      B * H * Nq > 0) {
+  if (n.D == 0 && feature_map == "favor" && proj->sym_size(-2) > 0 && q.sym_numel() == 0 &&
+      n.B * n.H * n.Nq > 0) {
     // No input feature: u = 0 and every key weighs the same. The kernels want D >= 1; one
     // zero feature (still attached to q and k, for their empty gradients) is the same map.
-    const std::vector<int64_t> shape = proj->dim() == 3
-                                           ? std::vector<int64_t>{H, proj->size(1), 1}
-                                           : std::vector<int64_t>{proj->size(0), 1};
-    auto one = proj->new_zeros(shape);
+    const std::vector<c10::SymInt> shape =
+        proj->dim() == 3 ? std::vector<c10::SymInt>{n.H, proj->sym_size(1), 1}
+                         : std::vector<c10::SymInt>{proj->sym_size(0), 1};
+    auto one = proj->new_zeros_symint(shape);
     return kernelized_attention_impl(q.sum(-1, true) * 0, k.sum(-1, true) * 0, v, feature_map,
                                      causal, key_padding_mask, one, eps, rel_bias);
   }
   return KernelizedAttentionFunction::apply(last_dim_contiguous(q), last_dim_contiguous(k),
-                                            last_dim_contiguous(v), mask, proj, feature_map,
-                                            causal, eps);
+                                            last_dim_contiguous(v), mask, proj, fm, causal,
+                                            eps);
 }
 
-at::Tensor random_features_impl(int64_t m, int64_t d, int64_t seed, bool orthogonal,
-                                c10::string_view scaling_view, c10::optional<int64_t> heads,
-                                c10::optional<at::ScalarType> dtype) {
+// The checked arguments of random_features: the output's sizes and dtype, and the scaling.
+struct RandomFeaturesOutput {
+  std::vector<int64_t> sizes;
+  at::ScalarType dtype;
+  kernels::RandomFeatureScaling scaling;
+};
+
+RandomFeaturesOutput check_random_features(int64_t m, int64_t d, c10::string_view scaling_view,
+                                           c10::optional<int64_t> heads,
+                                           c10::optional<at::ScalarType> dtype) {
   const char* op = "random_features";
   const std::string scaling(scaling_view);
   if (m < 0 || d < 1)
@@ -412,13 +424,27 @@ at::Tensor random_features_impl(int64_t m, int64_t d, int64_t seed, bool orthogo
   const at::ScalarType st = dtype.value_or(at::kFloat);
   if (st != at::kFloat && st != at::kDouble)
     fail(op, std::string("dtype must be float32 or float64, got ") + c10::toString(st));
-  at::Tensor w = heads ? at::empty({*heads, m, d}, at::TensorOptions().dtype(st))
-                       : at::empty({m, d}, at::TensorOptions().dtype(st));
-  AT_DISPATCH_FLOATING_TYPES(st, "random_features", [&] {
-    kernels::random_features<scalar_t>(m, d, static_cast<uint64_t>(seed), orthogonal, sc,
+  return {heads ? std::vector<int64_t>{*heads, m, d} : std::vector<int64_t>{m, d}, st, sc};
+}
+
+at::Tensor random_features_impl(int64_t m, int64_t d, int64_t seed, bool orthogonal,
+                                c10::string_view scaling, c10::optional<int64_t> heads,
+                                c10::optional<at::ScalarType> dtype) {
+  const RandomFeaturesOutput o = check_random_features(m, d, scaling, heads, dtype);
+  at::Tensor w = at::empty(o.sizes, at::TensorOptions().dtype(o.dtype));
+  AT_DISPATCH_FLOATING_TYPES(o.dtype, "random_features", [&] {
+    kernels::random_features<scalar_t>(m, d, static_cast<uint64_t>(seed), orthogonal, o.scaling,
                                        heads.value_or(1), w.data_ptr<scalar_t>());
   });
   return w;
+}
+
+// No tensor input, so FakeTensor reaches this through the Meta key it sets while tracing.
+at::Tensor random_features_meta(int64_t m, int64_t d, int64_t /*seed*/, bool /*orthogonal*/,
+                                c10::string_view scaling, c10::optional<int64_t> heads,
+                                c10::optional<at::ScalarType> dtype) {
+  const RandomFeaturesOutput o = check_random_features(m, d, scaling, heads, dtype);
+  return at::empty(o.sizes, at::TensorOptions().dtype(o.dtype).device(at::kMeta));
 }
 
 }  // namespace
@@ -430,10 +456,10 @@ TORCH_LIBRARY_FRAGMENT(longattn, m) {
       "Tensor? rel_bias=None) -> Tensor");
   m.def(
       "_kernelized_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, "
-      "Tensor? projection, str feature_map, bool causal, float eps) -> (Tensor, Tensor)");
+      "Tensor? projection, int feature_map, bool causal, float eps) -> (Tensor, Tensor)");
   m.def(
       "_kernelized_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
-      "Tensor inv_denom, Tensor? key_padding_mask, Tensor? projection, str feature_map, "
+      "Tensor inv_denom, Tensor? key_padding_mask, Tensor? projection, int feature_map, "
       "bool causal, float eps) -> (Tensor, Tensor, Tensor)");
   m.def(
       "feature_map(Tensor x, *, str feature_map, Tensor? projection=None, "
@@ -444,11 +470,9 @@ TORCH_LIBRARY_FRAGMENT(longattn, m) {
   m.def(
       "_feature_map_backward(Tensor grad_phi, Tensor grad_shift, Tensor x, Tensor phi, "
       "Tensor argmax, str feature_map, Tensor? projection, Tensor? mask) -> Tensor");
-  // No tensor input to dispatch on: a catch-all kernel.
   m.def(
       "random_features(int m, int d, *, int seed, bool orthogonal=True, str scaling='chi', "
-      "int? heads=None, ScalarType? dtype=None) -> Tensor",
-      TORCH_FN(random_features_impl));
+      "int? heads=None, ScalarType? dtype=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(longattn, CPU, m) {
@@ -456,6 +480,19 @@ TORCH_LIBRARY_IMPL(longattn, CPU, m) {
   m.impl("_kernelized_attention_backward", backward_cpu);
   m.impl("_feature_map_forward", feature_map_forward_cpu);
   m.impl("_feature_map_backward", feature_map_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(longattn, Meta, m) {
+  m.impl("_kernelized_attention_forward", forward_meta);
+  m.impl("_kernelized_attention_backward", backward_meta);
+  m.impl("random_features", random_features_meta);
+  m.impl("_feature_map_forward", feature_map_forward_meta);
+  m.impl("_feature_map_backward", feature_map_backward_meta);
+}
+
+// No tensor input to dispatch on: CompositeExplicitAutograd also serves calls without a key.
+TORCH_LIBRARY_IMPL(longattn, CompositeExplicitAutograd, m) {
+  m.impl("random_features", random_features_impl);
 }
 
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
@@ -471,22 +508,14 @@ at::Tensor kernelized_attention(const at::Tensor& q, const at::Tensor& k, const 
                                 const std::string& feature_map,
                                 const KernelizedAttentionOptions& options) {
   static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("longattn::kernelized_attention", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            c10::string_view, bool, const c10::optional<at::Tensor>&,
-                            const c10::optional<at::Tensor>&, double,
-                            const c10::optional<at::Tensor>&)>();
+      ops::op_handle<decltype(ops::kernelized_attention_impl)>("longattn::kernelized_attention");
   return op.call(q, k, v, feature_map, options.causal, options.key_padding_mask,
                  options.projection, options.eps, options.rel_bias);
 }
 
 at::Tensor random_features(int64_t m, int64_t d, int64_t seed,
                            const RandomFeaturesOptions& options) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("longattn::random_features", "")
-                       .typed<at::Tensor(int64_t, int64_t, int64_t, bool, c10::string_view,
-                                         c10::optional<int64_t>, c10::optional<at::ScalarType>)>();
+  static auto op = ops::op_handle<decltype(ops::random_features_impl)>("longattn::random_features");
   return op.call(m, d, seed, options.orthogonal, options.scaling, options.heads, options.dtype);
 }
 

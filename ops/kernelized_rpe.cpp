@@ -9,13 +9,12 @@
 #include "kernels/kernelized_rpe/kernelized_rpe.h"
 #include "longattn/kernelized_rpe.h"
 #include "ops/kernelized_rpe.h"
-#include "ops/checks.h"
+#include "ops/common.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
 namespace {
 
-using OptTensor = c10::optional<at::Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
@@ -101,6 +100,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {gq, gk, gv, gb, gl, gm};
 }
 
+// Meta kernels: the outputs' shapes and dtypes (sizes may be symbols under torch.compile).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_meta(
+    const at::Tensor& fq, const at::Tensor& /*fk*/, const at::Tensor& v, const at::Tensor& /*b*/,
+    const OptTensor& /*key_log_scale*/, const OptTensor& /*eps_log_scale*/, const OptTensor& /*mask*/,
+    bool /*causal*/, double /*eps*/) {
+  const c10::SymInt B = fq.sym_size(0), H = fq.sym_size(1), N = fq.sym_size(2);
+  return {empty_like_sizes(v, {B, H, N, v.sym_size(3)}), empty_like_sizes(v, {B, H, N}),
+          at::empty_symint({B, H, N}, v.options().dtype(at::kByte))};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_meta(
+    const at::Tensor& /*grad_out*/, const at::Tensor& fq, const at::Tensor& fk, const at::Tensor& v,
+    const at::Tensor& b, const OptTensor& /*key_log_scale*/, const OptTensor& /*eps_log_scale*/,
+    const at::Tensor& /*out*/, const at::Tensor& /*den*/, const at::Tensor& /*direct*/,
+    const OptTensor& /*mask*/, bool /*causal*/, double /*eps*/) {
+  const c10::SymInt B = fq.sym_size(0), H = fq.sym_size(1), N = fq.sym_size(2);
+  return {empty_like_sizes(fq, fq.sym_sizes()), empty_like_sizes(fk, fk.sym_sizes()),
+          empty_like_sizes(v, v.sym_sizes()),   empty_like_sizes(b, b.sym_sizes()),
+          empty_like_sizes(fq, {B, H, N}),      empty_like_sizes(fq, {B, H, N})};
+}
+
 class KernelizedRpeFunction : public torch::autograd::Function<KernelizedRpeFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& fq, const at::Tensor& fk,
@@ -117,9 +137,7 @@ class KernelizedRpeFunction : public torch::autograd::Function<KernelizedRpeFunc
     return out;
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_kernelized_rpe_backward", "")
-                         .typed<decltype(backward_cpu)>();
+    static auto op = op_handle<decltype(backward_cpu)>("longattn::_kernelized_rpe_backward");
     auto s = ctx->get_saved_variables();
     auto opt = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; };
     auto [gq, gk, gv, gb, gl, gm] =
@@ -166,10 +184,9 @@ at::Tensor kernelized_rpe_impl(const at::Tensor& phi_q, const at::Tensor& phi_k,
   check_same_dtype_device(kOp, "phi_q", phi_q, "phi_k", phi_k);
   check_same_dtype_device(kOp, "phi_q", phi_q, "v", v);
   check_same_dtype_device(kOp, "phi_q", phi_q, "rel_bias", rel_bias);
-  if (!phi_q.device().is_cpu())
-    fail(kOp, "only CPU tensors are supported in this build, got " + phi_q.device().str());
-  const int64_t B = phi_q.size(0), H = phi_q.size(1), N = phi_q.size(2), m = phi_q.size(3);
-  check_shape(kOp, "phi_k", phi_k, {B, H, N, m}, "[B, H, N, m] (as phi_q: Nq == Nk)");
+  check_cpu(kOp, phi_q);
+  const c10::SymInt B = phi_q.sym_size(0), H = phi_q.sym_size(1), N = phi_q.sym_size(2);
+  check_shape(kOp, "phi_k", phi_k, {B, H, N, phi_q.sym_size(3)}, "[B, H, N, m] (as phi_q: Nq == Nk)");
   check_shape(kOp, "v", v, {B, H, N, -1}, "[B, H, N, Dv]");
   check_rank(kOp, "rel_bias", rel_bias, 2, "[H, 2N-1]");
   check_shape(kOp, "rel_bias", rel_bias, {H, std::max<int64_t>(2 * N - 1, 0)}, "[H, 2N-1]");
@@ -203,6 +220,11 @@ TORCH_LIBRARY_IMPL(longattn, CPU, m) {
   m.impl("_kernelized_rpe_backward", backward_cpu);
 }
 
+TORCH_LIBRARY_IMPL(longattn, Meta, m) {
+  m.impl("_kernelized_rpe_forward", forward_meta);
+  m.impl("_kernelized_rpe_backward", backward_meta);
+}
+
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
   m.impl("kernelized_rpe_attention", kernelized_rpe_impl);
 }
@@ -214,11 +236,8 @@ namespace longattn {
 at::Tensor kernelized_rpe_attention(const at::Tensor& phi_q, const at::Tensor& phi_k,
                                     const at::Tensor& v, const at::Tensor& rel_bias,
                                     const KernelizedRpeOptions& o) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("longattn::kernelized_rpe_attention", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, bool, const c10::optional<at::Tensor>&,
-                                         double)>();
+  static auto op =
+      ops::op_handle<decltype(ops::kernelized_rpe_impl)>("longattn::kernelized_rpe_attention");
   return op.call(phi_q, phi_k, v, rel_bias, o.causal, o.key_padding_mask, o.eps);
 }
 

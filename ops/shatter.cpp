@@ -7,7 +7,7 @@
 
 #include "kernels/shatter/shatter.h"
 #include "longattn/shatter.h"
-#include "ops/checks.h"
+#include "ops/common.h"
 #include "ops/masked_rows.h"
 #include "ops/views.h"
 
@@ -15,8 +15,6 @@ namespace longattn::ops {
 namespace {
 
 constexpr const char* kOp = "shatter_attention";
-
-using OptTensor = c10::optional<at::Tensor>;
 
 // A [B, N, D] tensor (last dimension contiguous) as a one-head [B, 1, N, D] view.
 template <class T>
@@ -29,18 +27,17 @@ kernels::BHND<T> one_head(const at::Tensor& t) {
 template <class T>
 kernels::ShatterParams<T> make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& partition, const OptTensor& mask,
-                                      bool sigmoid, bool causal, double scale) {
+                                      int64_t activation, bool causal, double scale) {
   kernels::ShatterParams<T> p;
   p.q = one_head<const T>(q);
   p.k = one_head<const T>(k);
   p.v = bhnd<const T>(v);
   p.partition = partition.data_ptr<T>();
   p.partition_stride_p = partition.stride(0);
-  if (mask && mask->defined()) {
-    p.key_padding_mask = reinterpret_cast<const uint8_t*>(mask->data_ptr<bool>());
-    p.mask_stride_b = mask->stride(0);
-  }
-  p.activation = sigmoid ? kernels::ShatterActivation::sigmoid : kernels::ShatterActivation::softmax;
+  const KeyMaskView km = key_mask_view(mask);
+  p.key_padding_mask = km.data;
+  p.mask_stride_b = km.stride_b;
+  p.activation = static_cast<kernels::ShatterActivation>(activation);
   p.causal = causal;
   p.scale = scale;
   p.threads = at::get_num_threads();
@@ -55,18 +52,18 @@ bool degenerate(const at::Tensor& q, const at::Tensor& v) {
 // Inputs arrive checked, with contiguous last dims (mask and partition fully contiguous).
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Tensor& k,
                                                const at::Tensor& v, const at::Tensor& partition,
-                                               const OptTensor& mask, bool sigmoid, bool causal,
-                                               double scale) {
+                                               const OptTensor& mask, int64_t activation,
+                                               bool causal, double scale) {
   const int64_t B = q.size(0), N = q.size(1), Dv = v.size(3);
   at::Tensor out = at::empty({B, N, Dv}, v.options());
   at::Tensor lse = at::empty({B, N}, q.options());
   if (degenerate(q, v)) {
     out.zero_();
-    lse.fill_(sigmoid ? 0.0 : -INFINITY);
+    lse.fill_(activation == int64_t(kernels::ShatterActivation::sigmoid) ? 0.0 : -INFINITY);
     return {out, lse};
   }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "shatter_attention_forward", [&] {
-    auto p = make_params<scalar_t>(q, k, v, partition, mask, sigmoid, causal, scale);
+    auto p = make_params<scalar_t>(q, k, v, partition, mask, activation, causal, scale);
     kernels::shatter_forward<scalar_t>(p, one_head<scalar_t>(out), lse.data_ptr<scalar_t>());
   });
   return {out, lse};
@@ -75,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& partition, const at::Tensor& out, const at::Tensor& lse, const OptTensor& mask,
-    bool sigmoid, bool causal, double scale) {
+    int64_t activation, bool causal, double scale) {
   at::Tensor gq = at::empty(q.sizes(), q.options());
   at::Tensor gk = at::empty(k.sizes(), k.options());
   at::Tensor gv = at::empty(v.sizes(), v.options());
@@ -86,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   }
   at::Tensor go = last_dim_contiguous(grad_out);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "shatter_attention_backward", [&] {
-    auto p = make_params<scalar_t>(q, k, v, partition, mask, sigmoid, causal, scale);
+    auto p = make_params<scalar_t>(q, k, v, partition, mask, activation, causal, scale);
     kernels::ShatterGrads<scalar_t> g;
     g.out = one_head<const scalar_t>(out);
     g.grad_out = one_head<const scalar_t>(go);
@@ -100,17 +97,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   return {gq, gk, gv, gp};
 }
 
+// Meta kernels: the outputs' shapes and dtypes (sizes may be symbols under torch.compile).
+std::tuple<at::Tensor, at::Tensor> forward_meta(const at::Tensor& q, const at::Tensor& /*k*/,
+                                                const at::Tensor& v, const at::Tensor& /*partition*/,
+                                                const OptTensor& /*mask*/, int64_t /*activation*/,
+                                                bool /*causal*/, double /*scale*/) {
+  return {empty_like_sizes(v, {q.sym_size(0), q.sym_size(1), v.sym_size(3)}),
+          empty_like_sizes(q, {q.sym_size(0), q.sym_size(1)})};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_meta(
+    const at::Tensor& /*grad_out*/, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& partition, const at::Tensor& /*out*/, const at::Tensor& /*lse*/, const OptTensor& /*mask*/,
+    int64_t /*activation*/, bool /*causal*/, double /*scale*/) {
+  return {empty_like_sizes(q, q.sym_sizes()), empty_like_sizes(k, k.sym_sizes()),
+          empty_like_sizes(v, v.sym_sizes()), empty_like_sizes(partition, partition.sym_sizes())};
+}
+
 class ShatterFunction : public torch::autograd::Function<ShatterFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const at::Tensor& partition,
-                            const OptTensor& mask, bool sigmoid, bool causal, double scale) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_shatter_attention_forward", "")
-                         .typed<decltype(forward_cpu)>();
-    auto [out, lse] = op.call(q, k, v, partition, mask, sigmoid, causal, scale);
-    ctx->save_for_backward({q, k, v, partition, out, lse, mask ? *mask : at::Tensor()});
-    ctx->saved_data["sigmoid"] = sigmoid;
+                            const OptTensor& mask, int64_t activation, bool causal, double scale) {
+    static auto op = op_handle<decltype(forward_cpu)>("longattn::_shatter_attention_forward");
+    auto [out, lse] = op.call(q, k, v, partition, mask, activation, causal, scale);
+    ctx->save_for_backward({q, k, v, partition, out, lse, saved(mask)});
+    ctx->saved_data["activation"] = activation;
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["scale"] = scale;
     return out;
@@ -118,13 +130,10 @@ class ShatterFunction : public torch::autograd::Function<ShatterFunction> {
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_shatter_attention_backward", "")
-                         .typed<decltype(backward_cpu)>();
+    static auto op = op_handle<decltype(backward_cpu)>("longattn::_shatter_attention_backward");
     auto s = ctx->get_saved_variables();
-    OptTensor mask = s[6].defined() ? OptTensor(s[6]) : c10::nullopt;
-    auto [gq, gk, gv, gp] = op.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], mask,
-                                    ctx->saved_data["sigmoid"].toBool(),
+    auto [gq, gk, gv, gp] = op.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], unsaved(s[6]),
+                                    ctx->saved_data["activation"].toInt(),
                                     ctx->saved_data["causal"].toBool(),
                                     ctx->saved_data["scale"].toDouble());
     return {gq, gk, gv, gp, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -135,8 +144,7 @@ at::Tensor shatter_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
                                   const at::Tensor& partition, c10::string_view activation,
                                   bool causal, const OptTensor& key_padding_mask,
                                   c10::optional<double> scale) {
-  if (activation != "softmax" && activation != "sigmoid")
-    fail(kOp, "activation must be 'softmax' or 'sigmoid', got '" + std::string(activation) + "'");
+  const int64_t act = option_code(kOp, "activation", activation, {"softmax", "sigmoid"});
   check_rank(kOp, "q", q, 3, "[B, N, D]");
   check_rank(kOp, "k", k, 3, "[B, N, D]");
   check_rank(kOp, "v", v, 4, "[B, P, N, Dv]");
@@ -145,27 +153,21 @@ at::Tensor shatter_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
   check_same_dtype_device(kOp, "q", q, "k", k);
   check_same_dtype_device(kOp, "q", q, "v", v);
   check_same_dtype_device(kOp, "q", q, "partition", partition);
-  if (!q.device().is_cpu()) fail(kOp, "only CPU tensors are supported in this build, got " + q.device().str());
-  const int64_t B = q.size(0), N = q.size(1), D = q.size(2);
+  check_cpu(kOp, q);
+  const c10::SymInt B = q.sym_size(0), N = q.sym_size(1), D = q.sym_size(2);
   check_shape(kOp, "k", k, {B, N, D}, "[B, N, D]");
   check_shape(kOp, "v", v, {B, -1, N, -1}, "[B, P, N, Dv]");
-  const int64_t P = v.size(1);
-  check_shape(kOp, "partition", partition, {P, std::max<int64_t>(2 * N - 1, 0)}, "[P, 2N-1]");
-  OptTensor mask;
-  if (key_padding_mask && key_padding_mask->defined()) {
-    check_key_padding_mask(kOp, *key_padding_mask, B, N);
-    mask = key_padding_mask->contiguous();
-  }
+  check_shape(kOp, "partition", partition, {v.sym_size(1), offsets_len(N)}, "[P, 2N-1]");
+  const OptTensor mask = checked_key_mask(kOp, key_padding_mask, B, N);
   if (D == 0 && B * N > 0) {
     // Head dim 0: every score is 0; the kernels want at least one feature.
-    return shatter_attention_impl(q.new_zeros({B, N, 1}), k.new_zeros({B, N, 1}), v, partition,
-                                  activation, causal, key_padding_mask, scale.value_or(1.0));
+    return shatter_attention_impl(q.new_zeros_symint({B, N, 1}), k.new_zeros_symint({B, N, 1}), v,
+                                  partition, activation, causal, key_padding_mask,
+                                  scale.value_or(1.0));
   }
-  const double s = scale ? *scale : (D > 0 ? 1.0 / std::sqrt(static_cast<double>(D)) : 1.0);
-  if (!std::isfinite(s)) fail(kOp, "scale must be finite, got " + std::to_string(s));
-  return ShatterFunction::apply(last_dim_contiguous(q), last_dim_contiguous(zero_masked_rows(k, mask, 1)),
-                                last_dim_contiguous(zero_masked_rows(v, mask, 2)),
-                                partition.contiguous(), mask, activation == "sigmoid", causal, s);
+  const double s = logit_scale(kOp, scale, D);
+  return ShatterFunction::apply(last_dim_contiguous(q), last_dim_contiguous(zero_masked_rows(k, mask, 1)), last_dim_contiguous(zero_masked_rows(v, mask, 2)),
+                                partition.contiguous(), mask, act, causal, s);
 }
 
 }  // namespace
@@ -176,16 +178,21 @@ TORCH_LIBRARY_FRAGMENT(longattn, m) {
       "bool causal=False, Tensor? key_padding_mask=None, float? scale=None) -> Tensor");
   m.def(
       "_shatter_attention_forward(Tensor q, Tensor k, Tensor v, Tensor partition, "
-      "Tensor? key_padding_mask, bool sigmoid, bool causal, float scale) -> (Tensor, Tensor)");
+      "Tensor? key_padding_mask, int activation, bool causal, float scale) -> (Tensor, Tensor)");
   m.def(
       "_shatter_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor partition, "
-      "Tensor out, Tensor lse, Tensor? key_padding_mask, bool sigmoid, bool causal, float scale) "
+      "Tensor out, Tensor lse, Tensor? key_padding_mask, int activation, bool causal, float scale) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(longattn, CPU, m) {
   m.impl("_shatter_attention_forward", forward_cpu);
   m.impl("_shatter_attention_backward", backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(longattn, Meta, m) {
+  m.impl("_shatter_attention_forward", forward_meta);
+  m.impl("_shatter_attention_backward", backward_meta);
 }
 
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
@@ -198,11 +205,8 @@ namespace longattn {
 
 at::Tensor shatter_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const at::Tensor& partition, const ShatterAttentionOptions& options) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("longattn::shatter_attention", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, c10::string_view, bool,
-                                         const c10::optional<at::Tensor>&, c10::optional<double>)>();
+  static auto op =
+      ops::op_handle<decltype(ops::shatter_attention_impl)>("longattn::shatter_attention");
   return op.call(q, k, v, partition, options.activation, options.causal, options.key_padding_mask,
                  options.scale);
 }

@@ -7,7 +7,7 @@
 
 #include "kernels/softmax_attention/softmax_attention.h"
 #include "longattn/softmax_attention.h"
-#include "ops/checks.h"
+#include "ops/common.h"
 #include "ops/masked_rows.h"
 #include "ops/views.h"
 
@@ -15,8 +15,6 @@ namespace longattn::ops {
 namespace {
 
 constexpr const char* kOp = "softmax_attention";
-
-using OptTensor = c10::optional<at::Tensor>;
 
 template <class T>
 kernels::SoftmaxAttentionParams<T> make_params(const at::Tensor& q, const at::Tensor& k,
@@ -26,11 +24,10 @@ kernels::SoftmaxAttentionParams<T> make_params(const at::Tensor& q, const at::Te
   p.q = bhnd<const T>(q);
   p.k = bhnd<const T>(k);
   p.v = bhnd<const T>(v);
-  if (mask && mask->defined()) {
-    p.key_padding_mask = reinterpret_cast<const uint8_t*>(mask->data_ptr<bool>());
-    p.mask_stride_b = mask->stride(0);
-  }
-  if (bias && bias->defined()) {
+  const KeyMaskView km = key_mask_view(mask);
+  p.key_padding_mask = km.data;
+  p.mask_stride_b = km.stride_b;
+  if (given(bias)) {
     p.rel_bias = bias->data_ptr<T>();
     p.rel_bias_stride_h = bias->stride(0);
   }
@@ -66,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   at::Tensor gq = at::empty(q.sizes(), q.options());
   at::Tensor gk = at::empty(k.sizes(), k.options());
   at::Tensor gv = at::empty(v.sizes(), v.options());
-  const bool has_bias = bias && bias->defined();
+  const bool has_bias = given(bias);
   at::Tensor gb = has_bias ? at::empty(bias->sizes(), bias->options()) : at::empty({0}, q.options());
   if (out.numel() == 0 || k.size(2) == 0) {
     gq.zero_(); gk.zero_(); gv.zero_(); gb.zero_();
@@ -88,17 +85,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   return {gq, gk, gv, gb};
 }
 
+// Meta kernels: the outputs' shapes and dtypes (sizes may be symbols under torch.compile).
+std::tuple<at::Tensor, at::Tensor> forward_meta(const at::Tensor& q, const at::Tensor& /*k*/,
+                                                const at::Tensor& v, const OptTensor& /*mask*/,
+                                                const OptTensor& /*bias*/, bool /*causal*/, double /*scale*/) {
+  return {empty_like_sizes(v, {q.sym_size(0), q.sym_size(1), q.sym_size(2), v.sym_size(3)}),
+          empty_like_sizes(q, {q.sym_size(0), q.sym_size(1), q.sym_size(2)})};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_meta(
+    const at::Tensor& /*grad_out*/, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& /*out*/, const at::Tensor& /*lse*/, const OptTensor& /*mask*/, const OptTensor& bias,
+    bool /*causal*/, double /*scale*/) {
+  return {empty_like_sizes(q, q.sym_sizes()), empty_like_sizes(k, k.sym_sizes()),
+          empty_like_sizes(v, v.sym_sizes()),
+          given(bias) ? empty_like_sizes(*bias, bias->sym_sizes()) : empty_like_sizes(q, {0})};
+}
+
 class SoftmaxAttentionFunction : public torch::autograd::Function<SoftmaxAttentionFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
                             const OptTensor& bias, bool causal, double scale) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_softmax_attention_forward", "")
-                         .typed<decltype(forward_cpu)>();
+    static auto op = op_handle<decltype(forward_cpu)>("longattn::_softmax_attention_forward");
     auto [out, lse] = op.call(q, k, v, mask, bias, causal, scale);
-    ctx->save_for_backward({q, k, v, out, lse, mask ? *mask : at::Tensor(),
-                            bias ? *bias : at::Tensor()});
+    ctx->save_for_backward({q, k, v, out, lse, saved(mask), saved(bias)});
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["scale"] = scale;
     return out;
@@ -106,13 +117,10 @@ class SoftmaxAttentionFunction : public torch::autograd::Function<SoftmaxAttenti
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_softmax_attention_backward", "")
-                         .typed<decltype(backward_cpu)>();
+    static auto op = op_handle<decltype(backward_cpu)>("longattn::_softmax_attention_backward");
     auto s = ctx->get_saved_variables();
-    OptTensor mask = s[5].defined() ? OptTensor(s[5]) : c10::nullopt;
-    OptTensor bias = s[6].defined() ? OptTensor(s[6]) : c10::nullopt;
-    auto [gq, gk, gv, gb] = op.call(grads[0], s[0], s[1], s[2], s[3], s[4], mask, bias,
+    const OptTensor bias = unsaved(s[6]);
+    auto [gq, gk, gv, gb] = op.call(grads[0], s[0], s[1], s[2], s[3], s[4], unsaved(s[5]), bias,
                                     ctx->saved_data["causal"].toBool(),
                                     ctx->saved_data["scale"].toDouble());
     return {gq, gk, gv, at::Tensor(), bias ? gb : at::Tensor(), at::Tensor(), at::Tensor()};
@@ -122,39 +130,23 @@ class SoftmaxAttentionFunction : public torch::autograd::Function<SoftmaxAttenti
 at::Tensor softmax_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   bool causal, const OptTensor& key_padding_mask,
                                   const OptTensor& rel_bias, c10::optional<double> scale) {
-  check_rank(kOp, "q", q, 4, "[B, H, Nq, D]");
-  check_rank(kOp, "k", k, 4, "[B, H, Nk, D]");
-  check_rank(kOp, "v", v, 4, "[B, H, Nk, Dv]");
-  check_float_dtype(kOp, "q", q);
-  check_same_dtype_device(kOp, "q", q, "k", k);
-  check_same_dtype_device(kOp, "q", q, "v", v);
-  if (!q.device().is_cpu()) fail(kOp, "only CPU tensors are supported in this build, got " + q.device().str());
-  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
-  check_shape(kOp, "k", k, {B, H, -1, D}, "[B, H, Nk, D]");
-  check_shape(kOp, "v", v, {B, H, Nk, -1}, "[B, H, Nk, Dv]");
-  if (causal && Nq != Nk)
-    fail(kOp, "causal=True needs Nq == Nk, got Nq = " + std::to_string(Nq) +
-                  " and Nk = " + std::to_string(Nk));
-  OptTensor mask, bias;
-  if (key_padding_mask && key_padding_mask->defined()) {
-    check_key_padding_mask(kOp, *key_padding_mask, B, Nk);
-    mask = key_padding_mask->contiguous();
-  }
-  if (rel_bias && rel_bias->defined()) {
-    if (Nq != Nk)
-      fail(kOp, "rel_bias needs Nq == Nk, got Nq = " + std::to_string(Nq) +
-                    " and Nk = " + std::to_string(Nk));
+  const QkvSizes n = check_qkv(kOp, q, k, v);
+  if (causal) check_square(kOp, "causal=True", n.Nq, n.Nk);
+  const OptTensor mask = checked_key_mask(kOp, key_padding_mask, n.B, n.Nk);
+  OptTensor bias;
+  if (given(rel_bias)) {
+    check_square(kOp, "rel_bias", n.Nq, n.Nk);
     check_same_dtype_device(kOp, "q", q, "rel_bias", *rel_bias);
-    check_shape(kOp, "rel_bias", *rel_bias, {H, std::max<int64_t>(2 * Nq - 1, 0)}, "[H, 2N-1]");
+    check_shape(kOp, "rel_bias", *rel_bias, {n.H, offsets_len(n.Nq)}, "[H, 2N-1]");
     bias = rel_bias->contiguous();
   }
-  if (D == 0 && q.numel() == 0 && B * H * Nq > 0) {
+  if (n.D == 0 && n.B * n.H * n.Nq > 0) {
     // Head dim 0: every logit is the bias alone; the kernels want at least one feature.
-    return softmax_attention_impl(q.new_zeros({B, H, Nq, 1}), k.new_zeros({B, H, Nk, 1}), v,
-                                  causal, key_padding_mask, rel_bias, scale.value_or(1.0));
+    return softmax_attention_impl(q.new_zeros_symint({n.B, n.H, n.Nq, 1}),
+                                  k.new_zeros_symint({n.B, n.H, n.Nk, 1}), v, causal,
+                                  key_padding_mask, rel_bias, scale.value_or(1.0));
   }
-  double s = scale ? *scale : (D > 0 ? 1.0 / std::sqrt(static_cast<double>(D)) : 1.0);
-  if (!std::isfinite(s)) fail(kOp, "scale must be finite, got " + std::to_string(s));
+  const double s = logit_scale(kOp, scale, n.D);
   return SoftmaxAttentionFunction::apply(last_dim_contiguous(q), last_dim_contiguous(zero_masked_rows(k, mask, 2)),
                                          last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, bias, causal, s);
 }
@@ -179,6 +171,11 @@ TORCH_LIBRARY_IMPL(longattn, CPU, m) {
   m.impl("_softmax_attention_backward", backward_cpu);
 }
 
+TORCH_LIBRARY_IMPL(longattn, Meta, m) {
+  m.impl("_softmax_attention_forward", forward_meta);
+  m.impl("_softmax_attention_backward", backward_meta);
+}
+
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
   m.impl("softmax_attention", softmax_attention_impl);
 }
@@ -189,11 +186,7 @@ namespace longattn {
 
 at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const SoftmaxAttentionOptions& options) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("longattn::softmax_attention", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         bool, const c10::optional<at::Tensor>&,
-                                         const c10::optional<at::Tensor>&, c10::optional<double>)>();
+  static auto op = ops::op_handle<decltype(ops::softmax_attention_impl)>("longattn::softmax_attention");
   return op.call(q, k, v, options.causal, options.key_padding_mask, options.rel_bias,
                  options.scale);
 }

@@ -6,7 +6,7 @@
 
 #include "kernels/toeplitz/toeplitz.h"
 #include "longattn/toeplitz.h"
-#include "ops/checks.h"
+#include "ops/common.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
@@ -15,16 +15,11 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-kernels::ToeplitzPath path_from(int64_t code) {
-  return code == 1 ? kernels::ToeplitzPath::Direct
-                   : code == 2 ? kernels::ToeplitzPath::Fft : kernels::ToeplitzPath::Auto;
-}
+// The internal operators take the path as its kernels::ToeplitzPath code.
+kernels::ToeplitzPath path_from(int64_t code) { return static_cast<kernels::ToeplitzPath>(code); }
 
-int64_t path_code(const char* op, const std::string& path) {
-  if (path == "auto") return 0;
-  if (path == "direct") return 1;
-  if (path == "fft") return 2;
-  fail(op, "path must be \"auto\", \"fft\" or \"direct\", got \"" + path + "\"");
+int64_t path_code(const char* op, c10::string_view path) {
+  return option_code(op, "path", path, {"auto", "direct", "fft"});
 }
 
 // ------------------------------------------------------------------------------------- 1-D
@@ -74,22 +69,31 @@ std::tuple<at::Tensor, at::Tensor> backward_1d(const at::Tensor& grad_y, const a
   return {gx, gc};
 }
 
+at::Tensor forward_1d_meta(const at::Tensor& /*coeffs*/, const at::Tensor& x, bool /*causal*/,
+                           int64_t /*path*/) {
+  return empty_like_sizes(x, x.sym_sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_1d_meta(const at::Tensor& /*grad_y*/,
+                                                    const at::Tensor& coeffs, const at::Tensor& x,
+                                                    bool /*causal*/, int64_t /*path*/, bool want_x,
+                                                    bool want_coeffs) {
+  return {want_x ? empty_like_sizes(x, x.sym_sizes()) : at::Tensor(),
+          want_coeffs ? empty_like_sizes(coeffs, coeffs.sym_sizes()) : at::Tensor()};
+}
+
 class Toeplitz1dFunction : public torch::autograd::Function<Toeplitz1dFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& coeffs, const at::Tensor& x,
                             bool causal, int64_t path) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_toeplitz_matmul_forward", "")
-                         .typed<decltype(forward_1d)>();
+    static auto op = op_handle<decltype(forward_1d)>("longattn::_toeplitz_matmul_forward");
     ctx->save_for_backward({coeffs, x});
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["path"] = path;
     return op.call(coeffs, x, causal, path);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_toeplitz_matmul_backward", "")
-                         .typed<decltype(backward_1d)>();
+    static auto op = op_handle<decltype(backward_1d)>("longattn::_toeplitz_matmul_backward");
     auto s = ctx->get_saved_variables();
     auto [gx, gc] = op.call(grads[0], s[0], s[1], ctx->saved_data["causal"].toBool(),
                             ctx->saved_data["path"].toInt(), ctx->needs_input_grad(1),
@@ -101,19 +105,17 @@ class Toeplitz1dFunction : public torch::autograd::Function<Toeplitz1dFunction> 
 void check_common(const char* op, const at::Tensor& x) {
   check_rank(op, "x", x, 4, "[B, H, N, C]");
   check_float_dtype(op, "x", x);
-  if (!x.device().is_cpu())
-    fail(op, "only CPU tensors are supported in this build, got " + x.device().str());
+  check_cpu(op, x);
 }
 
 at::Tensor toeplitz_matmul_impl(const at::Tensor& coeffs, const at::Tensor& x, bool causal,
                                 c10::string_view path) {
   constexpr const char* op = "toeplitz_matmul";
   check_common(op, x);
-  const int64_t H = x.size(1), N = x.size(2);
   check_rank(op, "coeffs", coeffs, 2, "[H, 2N-1]");
   check_same_dtype_device(op, "x", x, "coeffs", coeffs);
-  check_shape(op, "coeffs", coeffs, {H, std::max<int64_t>(2 * N - 1, 0)}, "[H, 2N-1]");
-  const int64_t code = path_code(op, std::string(path));
+  check_shape(op, "coeffs", coeffs, {x.sym_size(1), offsets_len(x.sym_size(2))}, "[H, 2N-1]");
+  const int64_t code = path_code(op, path);
   return Toeplitz1dFunction::apply(coeffs.contiguous(), last_dim_contiguous(x), causal, code);
 }
 
@@ -169,13 +171,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_2d(const at::Tensor& gra
   return {gx, gr, gc};
 }
 
+at::Tensor forward_2d_meta(const at::Tensor& /*row*/, const at::Tensor& /*col*/, const at::Tensor& x,
+                           int64_t /*height*/, int64_t /*width*/, int64_t /*path*/) {
+  return empty_like_sizes(x, x.sym_sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_2d_meta(
+    const at::Tensor& /*grad_y*/, const at::Tensor& row, const at::Tensor& col, const at::Tensor& x,
+    int64_t /*height*/, int64_t /*width*/, int64_t /*path*/) {
+  return {empty_like_sizes(x, x.sym_sizes()), empty_like_sizes(row, row.sym_sizes()),
+          empty_like_sizes(col, col.sym_sizes())};
+}
+
 class Toeplitz2dFunction : public torch::autograd::Function<Toeplitz2dFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& row, const at::Tensor& col,
                             const at::Tensor& x, int64_t height, int64_t width, int64_t path) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_toeplitz_matmul_2d_forward", "")
-                         .typed<decltype(forward_2d)>();
+    static auto op = op_handle<decltype(forward_2d)>("longattn::_toeplitz_matmul_2d_forward");
     ctx->save_for_backward({row, col, x});
     ctx->saved_data["height"] = height;
     ctx->saved_data["width"] = width;
@@ -183,9 +195,7 @@ class Toeplitz2dFunction : public torch::autograd::Function<Toeplitz2dFunction> 
     return op.call(row, col, x, height, width, path);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("longattn::_toeplitz_matmul_2d_backward", "")
-                         .typed<decltype(backward_2d)>();
+    static auto op = op_handle<decltype(backward_2d)>("longattn::_toeplitz_matmul_2d_backward");
     auto s = ctx->get_saved_variables();
     auto [gx, gr, gc] = op.call(grads[0], s[0], s[1], s[2], ctx->saved_data["height"].toInt(),
                                 ctx->saved_data["width"].toInt(), ctx->saved_data["path"].toInt());
@@ -201,17 +211,17 @@ at::Tensor toeplitz_matmul_2d_impl(const at::Tensor& row, const at::Tensor& col,
   if (height < 1 || width < 1)
     fail(op, "height and width must be >= 1, got height = " + std::to_string(height) +
                  " and width = " + std::to_string(width));
-  const int64_t H = x.size(1), N = x.size(2);
+  const c10::SymInt H = x.sym_size(1), N = x.sym_size(2);
   if (N != height * width)
     fail(op, "x must have N = height * width = " + std::to_string(height * width) +
-                 " positions (an image flattened row by row), got N = " + std::to_string(N));
+                 " positions (an image flattened row by row), got N = " + str(N));
   check_rank(op, "row_coeffs", row, 2, "[H, 2*height-1]");
   check_rank(op, "col_coeffs", col, 2, "[H, 2*width-1]");
   check_same_dtype_device(op, "x", x, "row_coeffs", row);
   check_same_dtype_device(op, "x", x, "col_coeffs", col);
   check_shape(op, "row_coeffs", row, {H, 2 * height - 1}, "[H, 2*height-1]");
   check_shape(op, "col_coeffs", col, {H, 2 * width - 1}, "[H, 2*width-1]");
-  const int64_t code = path_code(op, std::string(path));
+  const int64_t code = path_code(op, path);
   return Toeplitz2dFunction::apply(row.contiguous(), col.contiguous(), last_dim_contiguous(x),
                                    height, width, code);
 }
@@ -242,6 +252,13 @@ TORCH_LIBRARY_IMPL(longattn, CPU, m) {
   m.impl("_toeplitz_matmul_2d_backward", backward_2d);
 }
 
+TORCH_LIBRARY_IMPL(longattn, Meta, m) {
+  m.impl("_toeplitz_matmul_forward", forward_1d_meta);
+  m.impl("_toeplitz_matmul_backward", backward_1d_meta);
+  m.impl("_toeplitz_matmul_2d_forward", forward_2d_meta);
+  m.impl("_toeplitz_matmul_2d_backward", backward_2d_meta);
+}
+
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
   m.impl("toeplitz_matmul", toeplitz_matmul_impl);
   m.impl("toeplitz_matmul_2d", toeplitz_matmul_2d_impl);
@@ -253,20 +270,15 @@ namespace longattn {
 
 at::Tensor toeplitz_matmul(const at::Tensor& coeffs, const at::Tensor& x, bool causal,
                            const std::string& path) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("longattn::toeplitz_matmul", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, bool,
-                                         c10::string_view)>();
+  static auto op = ops::op_handle<decltype(ops::toeplitz_matmul_impl)>("longattn::toeplitz_matmul");
   return op.call(coeffs, x, causal, path);
 }
 
 at::Tensor toeplitz_matmul_2d(const at::Tensor& row_coeffs, const at::Tensor& col_coeffs,
                               const at::Tensor& x, int64_t height, int64_t width,
                               const std::string& path) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("longattn::toeplitz_matmul_2d", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         int64_t, int64_t, c10::string_view)>();
+  static auto op =
+      ops::op_handle<decltype(ops::toeplitz_matmul_2d_impl)>("longattn::toeplitz_matmul_2d");
   return op.call(row_coeffs, col_coeffs, x, height, width, path);
 }
 

@@ -5,7 +5,7 @@
 
 #include "kernels/yoso/yoso.h"
 #include "longattn/yoso.h"
-#include "ops/checks.h"
+#include "ops/common.h"
 #include "ops/masked_rows.h"
 #include "ops/views.h"
 
@@ -14,8 +14,6 @@ namespace {
 
 constexpr const char* kOp = "yoso_attention";
 constexpr const char* kOpE = "yoso_expectation";
-
-using OptTensor = c10::optional<at::Tensor>;
 
 // The key mask also masks queries in self-attention (Nq == Nk), as the authors' layer does.
 template <class T>
@@ -26,9 +24,10 @@ kernels::YosoParams<T> make_params(const at::Tensor& q, const at::Tensor& k, con
   p.q = bhnd<const T>(q);
   p.k = bhnd<const T>(k);
   p.v = bhnd<const T>(v);
-  if (mask && mask->defined()) {
-    p.key_padding_mask = reinterpret_cast<const uint8_t*>(mask->data_ptr<bool>());
-    p.key_mask_stride_b = mask->stride(0);
+  const KeyMaskView km = key_mask_view(mask);
+  p.key_padding_mask = km.data;
+  p.key_mask_stride_b = km.stride_b;
+  if (km.data) {
     if (q.size(2) == k.size(2)) {
       p.query_padding_mask = p.key_padding_mask;
       p.query_mask_stride_b = p.key_mask_stride_b;
@@ -134,9 +133,44 @@ Grads3 expectation_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q,
   });
 }
 
-template <class Sig>
-c10::TypedOperatorHandle<Sig> internal_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+// Meta kernels: the outputs' shapes and dtypes (sizes may be symbols under torch.compile).
+std::tuple<at::Tensor, at::Tensor> hash_meta(const at::Tensor& q, const at::Tensor& k,
+                                             const OptTensor& /*mask*/, int64_t /*hash_bits*/,
+                                             int64_t num_hashes, int64_t /*seed*/, int64_t /*hashing*/) {
+  auto codes = q.options().dtype(at::kInt);
+  return {at::empty_symint({q.sym_size(0), q.sym_size(1), num_hashes, q.sym_size(2)}, codes),
+          at::empty_symint({k.sym_size(0), k.sym_size(1), num_hashes, k.sym_size(2)}, codes)};
+}
+
+at::Tensor out_meta(const at::Tensor& q, const at::Tensor& v) {
+  return empty_like_sizes(v, {q.sym_size(0), q.sym_size(1), q.sym_size(2), v.sym_size(3)});
+}
+
+at::Tensor forward_meta(const at::Tensor& q, const at::Tensor& /*k*/, const at::Tensor& v,
+                        const at::Tensor& /*q_codes*/, const at::Tensor& /*k_codes*/, int64_t /*hash_bits*/) {
+  return out_meta(q, v);
+}
+
+at::Tensor expectation_forward_meta(const at::Tensor& q, const at::Tensor& /*k*/, const at::Tensor& v,
+                                    const OptTensor& /*mask*/, int64_t /*hash_bits*/) {
+  return out_meta(q, v);
+}
+
+Grads3 grads_meta(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return {empty_like_sizes(q, q.sym_sizes()), empty_like_sizes(k, k.sym_sizes()),
+          empty_like_sizes(v, v.sym_sizes())};
+}
+
+Grads3 backward_lsh_meta(const at::Tensor& /*grad_out*/, const at::Tensor& q, const at::Tensor& k,
+                         const at::Tensor& v, const at::Tensor& /*q_codes*/, const at::Tensor& /*k_codes*/,
+                         int64_t /*hash_bits*/) {
+  return grads_meta(q, k, v);
+}
+
+Grads3 expectation_backward_meta(const at::Tensor& /*grad_out*/, const at::Tensor& q,
+                                 const at::Tensor& k, const at::Tensor& v, const OptTensor& /*mask*/,
+                                 int64_t /*hash_bits*/, int64_t /*derivative*/) {
+  return grads_meta(q, k, v);
 }
 
 class YosoAttentionFunction : public torch::autograd::Function<YosoAttentionFunction> {
@@ -145,13 +179,13 @@ class YosoAttentionFunction : public torch::autograd::Function<YosoAttentionFunc
                             const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
                             int64_t hash_bits, int64_t num_hashes, int64_t seed, int64_t hashing,
                             bool lsh_backward) {
-    static auto hash = internal_op<decltype(hash_cpu)>("longattn::_yoso_hash");
-    static auto fwd = internal_op<decltype(forward_cpu)>("longattn::_yoso_forward");
+    static auto hash = op_handle<decltype(hash_cpu)>("longattn::_yoso_hash");
+    static auto fwd = op_handle<decltype(forward_cpu)>("longattn::_yoso_forward");
     auto [qc, kc] = hash.call(q, k, mask, hash_bits, num_hashes, seed, hashing);
     at::Tensor out = fwd.call(q, k, v, qc, kc, hash_bits);
     // The codes are kept for the LSH backward only (the exact one does not need them).
     ctx->save_for_backward({q, k, v, lsh_backward ? qc : at::Tensor(),
-                            lsh_backward ? kc : at::Tensor(), mask ? *mask : at::Tensor()});
+                            lsh_backward ? kc : at::Tensor(), saved(mask)});
     ctx->saved_data["hash_bits"] = hash_bits;
     ctx->saved_data["lsh"] = lsh_backward;
     return out;
@@ -159,12 +193,12 @@ class YosoAttentionFunction : public torch::autograd::Function<YosoAttentionFunc
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
-    static auto lsh = internal_op<decltype(backward_lsh_cpu)>("longattn::_yoso_backward_lsh");
+    static auto lsh = op_handle<decltype(backward_lsh_cpu)>("longattn::_yoso_backward_lsh");
     static auto exact =
-        internal_op<decltype(expectation_backward_cpu)>("longattn::_yoso_expectation_backward");
+        op_handle<decltype(expectation_backward_cpu)>("longattn::_yoso_expectation_backward");
     auto s = ctx->get_saved_variables();
     const int64_t tau = ctx->saved_data["hash_bits"].toInt();
-    OptTensor mask = s[5].defined() ? OptTensor(s[5]) : c10::nullopt;
+    const OptTensor mask = unsaved(s[5]);
     auto [gq, gk, gv] =
         ctx->saved_data["lsh"].toBool()
             ? lsh.call(grads[0], s[0], s[1], s[2], s[3], s[4], tau)
@@ -181,8 +215,8 @@ class YosoExpectationFunction : public torch::autograd::Function<YosoExpectation
                             const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
                             int64_t hash_bits, int64_t derivative) {
     static auto fwd =
-        internal_op<decltype(expectation_forward_cpu)>("longattn::_yoso_expectation_forward");
-    ctx->save_for_backward({q, k, v, mask ? *mask : at::Tensor()});
+        op_handle<decltype(expectation_forward_cpu)>("longattn::_yoso_expectation_forward");
+    ctx->save_for_backward({q, k, v, saved(mask)});
     ctx->saved_data["hash_bits"] = hash_bits;
     ctx->saved_data["derivative"] = derivative;
     return fwd.call(q, k, v, mask, hash_bits);
@@ -191,10 +225,9 @@ class YosoExpectationFunction : public torch::autograd::Function<YosoExpectation
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
     static auto bwd =
-        internal_op<decltype(expectation_backward_cpu)>("longattn::_yoso_expectation_backward");
+        op_handle<decltype(expectation_backward_cpu)>("longattn::_yoso_expectation_backward");
     auto s = ctx->get_saved_variables();
-    OptTensor mask = s[3].defined() ? OptTensor(s[3]) : c10::nullopt;
-    auto [gq, gk, gv] = bwd.call(grads[0], s[0], s[1], s[2], mask,
+    auto [gq, gk, gv] = bwd.call(grads[0], s[0], s[1], s[2], unsaved(s[3]),
                                  ctx->saved_data["hash_bits"].toInt(),
                                  ctx->saved_data["derivative"].toInt());
     return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -205,26 +238,13 @@ class YosoExpectationFunction : public torch::autograd::Function<YosoExpectation
 OptTensor check_common(const char* op, const at::Tensor& q, const at::Tensor& k,
                        const at::Tensor& v, const OptTensor& key_padding_mask,
                        int64_t hash_bits) {
-  check_rank(op, "q", q, 4, "[B, H, Nq, D]");
-  check_rank(op, "k", k, 4, "[B, H, Nk, D]");
-  check_rank(op, "v", v, 4, "[B, H, Nk, Dv]");
-  check_float_dtype(op, "q", q);
-  check_same_dtype_device(op, "q", q, "k", k);
-  check_same_dtype_device(op, "q", q, "v", v);
-  if (!q.device().is_cpu()) fail(op, "only CPU tensors are supported in this build, got " + q.device().str());
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(3), Nk = k.size(2);
-  check_shape(op, "k", k, {B, H, -1, D}, "[B, H, Nk, D]");
-  check_shape(op, "v", v, {B, H, Nk, -1}, "[B, H, Nk, Dv]");
-  if (D == 0 && B * H * (q.size(2) + Nk) > 0)
+  const QkvSizes n = check_qkv(op, q, k, v);
+  if (n.D == 0 && n.B * n.H * (n.Nq + n.Nk) > 0)
     fail(op, "q and k need a head dim D >= 1 (their direction is what is hashed), got D = 0");
   if (hash_bits < 1 || hash_bits > kernels::kYosoMaxHashBits)
     fail(op, "hash_bits must be in [1, " + std::to_string(kernels::kYosoMaxHashBits) +
                  "] (codes are int32; memory does not depend on it), got " + std::to_string(hash_bits));
-  if (key_padding_mask && key_padding_mask->defined()) {
-    check_key_padding_mask(op, *key_padding_mask, B, Nk);
-    return key_padding_mask->contiguous();
-  }
-  return c10::nullopt;
+  return checked_key_mask(op, key_padding_mask, n.B, n.Nk);
 }
 
 at::Tensor yoso_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -238,27 +258,21 @@ at::Tensor yoso_attention_impl(const at::Tensor& q, const at::Tensor& k, const a
   if (num_hashes < 1 || num_hashes > kMaxHashes)
     fail(kOp, "num_hashes must be in [1, " + std::to_string(kMaxHashes) + "], got " +
                   std::to_string(num_hashes));
-  int64_t h;
-  if (hashing == "gaussian") h = int64_t(kernels::YosoHashing::gaussian);
-  else if (hashing == "hadamard") h = int64_t(kernels::YosoHashing::hadamard);
-  else fail(kOp, "hashing must be 'gaussian' or 'hadamard', got '" + std::string(hashing) + "'");
-  if (backward != "lsh" && backward != "exact")
-    fail(kOp, "backward must be 'lsh' or 'exact', got '" + std::string(backward) + "'");
-  // Masked queries (self-attention) and keys take part in nothing: zero their rows (see zero_masked_rows).
+  // Codes in the order of kernels::YosoHashing.
+  const int64_t h = option_code(kOp, "hashing", hashing, {"gaussian", "hadamard"});
+  const bool lsh = option_code(kOp, "backward", backward, {"lsh", "exact"}) == 0;
   const at::Tensor qz = q.size(2) == k.size(2) ? zero_masked_rows(q, mask, 2) : q;
   return YosoAttentionFunction::apply(last_dim_contiguous(qz), last_dim_contiguous(zero_masked_rows(k, mask, 2)),
                                       last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, hash_bits, num_hashes, seed,
-                                      h, backward == "lsh");
+                                      h, lsh);
 }
 
 at::Tensor yoso_expectation_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  int64_t hash_bits, const OptTensor& key_padding_mask,
                                  c10::string_view backward) {
   OptTensor mask = check_common(kOpE, q, k, v, key_padding_mask, hash_bits);
-  int64_t d;
-  if (backward == "exact") d = int64_t(kernels::YosoDerivative::exact);
-  else if (backward == "surrogate") d = int64_t(kernels::YosoDerivative::surrogate);
-  else fail(kOpE, "backward must be 'exact' or 'surrogate', got '" + std::string(backward) + "'");
+  // Codes in the order of kernels::YosoDerivative.
+  const int64_t d = option_code(kOpE, "backward", backward, {"exact", "surrogate"});
   const at::Tensor qz = q.size(2) == k.size(2) ? zero_masked_rows(q, mask, 2) : q;
   return YosoExpectationFunction::apply(last_dim_contiguous(qz), last_dim_contiguous(zero_masked_rows(k, mask, 2)),
                                         last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, hash_bits, d);
@@ -298,6 +312,14 @@ TORCH_LIBRARY_IMPL(longattn, CPU, m) {
   m.impl("_yoso_expectation_backward", expectation_backward_cpu);
 }
 
+TORCH_LIBRARY_IMPL(longattn, Meta, m) {
+  m.impl("_yoso_hash", hash_meta);
+  m.impl("_yoso_forward", forward_meta);
+  m.impl("_yoso_backward_lsh", backward_lsh_meta);
+  m.impl("_yoso_expectation_forward", expectation_forward_meta);
+  m.impl("_yoso_expectation_backward", expectation_backward_meta);
+}
+
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
   m.impl("yoso_attention", yoso_attention_impl);
   m.impl("yoso_expectation", yoso_expectation_impl);
@@ -309,23 +331,15 @@ namespace longattn {
 
 at::Tensor yoso_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const YosoOptions& o) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("longattn::yoso_attention", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         int64_t, int64_t, int64_t,
-                                         const c10::optional<at::Tensor>&, c10::string_view,
-                                         c10::string_view)>();
+  static auto op = ops::op_handle<decltype(ops::yoso_attention_impl)>("longattn::yoso_attention");
   return op.call(q, k, v, o.hash_bits, o.num_hashes, o.seed, o.key_padding_mask, o.hashing,
                  o.backward);
 }
 
 at::Tensor yoso_expectation(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const YosoExpectationOptions& o) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("longattn::yoso_expectation", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         int64_t, const c10::optional<at::Tensor>&,
-                                         c10::string_view)>();
+  static auto op =
+      ops::op_handle<decltype(ops::yoso_expectation_impl)>("longattn::yoso_expectation");
   return op.call(q, k, v, o.hash_bits, o.key_padding_mask, o.backward);
 }
 

@@ -1,0 +1,65 @@
+// What every binding in ops/ does the same way: call operators through the dispatcher, carry
+// optional tensors through autograd, hand a key mask to the kernels, check q/k/v, and turn a
+// string option into the integer code the internal operators take.
+//
+// Each operator is public (checks, then a torch::autograd::Function, CompositeImplicitAutograd)
+// over internal ones (`_<op>_forward`, `_<op>_backward`) with a CPU kernel and a Meta kernel;
+// the Meta kernel states the outputs' shapes and dtypes, which is all torch.compile, FakeTensor
+// and torch.library.opcheck need to trace a call without running it. Option enums reach the
+// internal operators as `int` codes, parsed once from the public operator's string.
+#pragma once
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "ops/checks.h"
+
+namespace longattn::ops {
+
+using OptTensor = c10::optional<at::Tensor>;
+
+// The typed handle of a registered operator ("longattn::name"); `Sig` is the C++ signature of
+// its schema. Keep it in a function-local static: the look-up happens once per process.
+template <class Sig>
+c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// Autograd saves tensors, not optionals: an absent tensor travels as an undefined one.
+inline at::Tensor saved(const OptTensor& t) { return t ? *t : at::Tensor(); }
+inline OptTensor unsaved(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
+inline bool given(const OptTensor& t) { return t && t->defined(); }
+
+// A contiguous [B, N] bool key mask as the kernels take it: bytes (1 = takes part) and the batch
+// stride; null when there is no mask.
+struct KeyMaskView {
+  const uint8_t* data = nullptr;
+  int64_t stride_b = 0;
+};
+KeyMaskView key_mask_view(const OptTensor& mask);
+
+// The sizes of q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv].
+struct QkvSizes {
+  c10::SymInt B, H, Nq, Nk, D, Dv;
+};
+// Ranks, dtype (float32/float64, shared), device (CPU) and shapes of q, k, v.
+QkvSizes check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+// The key_padding_mask checked against [B, N] and made contiguous; nullopt when absent.
+OptTensor checked_key_mask(const char* op, const OptTensor& mask, const c10::SymInt& B,
+                           const c10::SymInt& N);
+
+// The index of `value` among `known` (the code the internal operators take); otherwise fails
+// with "<option> must be 'a', 'b' or 'c', got 'value'".
+int64_t option_code(const char* op, const char* option, c10::string_view value,
+                    std::initializer_list<const char*> known);
+
+// The scale of the logits: `scale` if given (and finite), otherwise 1/sqrt(D) (1 for D = 0).
+double logit_scale(const char* op, c10::optional<double> scale, const c10::SymInt& D);
+
+// Empty [sizes] tensors with t's options: for Meta kernels, whose sizes may be symbols.
+at::Tensor empty_like_sizes(const at::Tensor& t, c10::SymIntArrayRef sizes);
+
+}  // namespace longattn::ops
