@@ -164,17 +164,17 @@ def test_mask_function_compact_only_when_expressible():
     from transformers import masking_utils as mu
 
     pad = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
-    m = lt.mask_function(1, 8, 8, attention_mask=pad)
+    m = lt.build_mask(1, 8, 8, attention_mask=pad)
     assert isinstance(m, lt.CompactMask) and m.causal and torch.equal(m.key_padding_mask, pad)
     # decoding one token after 7 cached ones: every key is in the past
-    m = lt.mask_function(1, 1, 8, q_offset=7, attention_mask=pad)
+    m = lt.build_mask(1, 1, 8, q_offset=7, attention_mask=pad)
     assert isinstance(m, lt.CompactMask) and not m.causal
     # chunked prefill: 3 queries at positions 5..7 over 8 keys is causal off the diagonal
-    m = lt.mask_function(1, 3, 8, q_offset=5, attention_mask=pad)
+    m = lt.build_mask(1, 3, 8, q_offset=5, attention_mask=pad)
     assert isinstance(m, torch.Tensor) and m.shape == (1, 1, 3, 8)
     assert torch.equal(m, mu.sdpa_mask(1, 3, 8, q_offset=5, attention_mask=pad, allow_is_causal_skip=False))
-    m = lt.mask_function(1, 8, 8, mask_function=mu.sliding_window_causal_mask_function(3))
+    m = lt.build_mask(1, 8, 8, mask_function=mu.sliding_window_causal_mask_function(3))
     assert isinstance(m, torch.Tensor)
     # the compact mask expands to exactly sdpa's mask
-    m = lt.mask_function(1, 8, 8, attention_mask=pad)
+    m = lt.build_mask(1, 8, 8, attention_mask=pad)
     assert torch.equal(m.to_sdpa(8, 8, "cpu"), mu.sdpa_mask(1, 8, 8, attention_mask=pad, allow_is_causal_skip=False))

@@ -23,7 +23,7 @@ import torch
 
 from .._softmax import softmax_attention
 
-__all__ = ["register", "CompactMask", "attention_forward", "mask_function", "NAME"]
+__all__ = ["register", "CompactMask", "attention_forward", "build_mask", "NAME"]
 
 NAME = "longattn"
 
@@ -68,7 +68,7 @@ def _warn_once(reason):
                       "(this warning is shown once per reason)", stacklevel=3)
 
 
-def mask_function(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
+def build_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
                   attention_mask=None, local_size=None, **kwargs):
     """transformers' mask interface: a :class:`CompactMask` when the pattern allows, otherwise
     the ``sdpa`` boolean 4-D mask (which the attention function then hands to ``sdpa``)."""
@@ -163,5 +163,5 @@ def register(name=NAME):
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(name, attention_forward)
-    AttentionMaskInterface.register(name, mask_function)
+    AttentionMaskInterface.register(name, build_mask)
     return name
