@@ -9,11 +9,24 @@ import torch as _torch
 
 __version__ = "0.1.0"
 
-_LIB = _os.path.join(_os.path.dirname(__file__), "_lib", "liblongattn_ops.so")
+_HERE = _os.path.dirname(__file__)
+_LIB = _os.path.join(_HERE, "_lib", "liblongattn_ops.so")
 if not _os.path.exists(_LIB):
     raise ImportError(
         f"longattn: the operator library {_LIB} is not built; run `make build` in the repository"
     )
+# A pip-installed library was compiled against one torch release, whose C++ ABI the next one does
+# not keep: say so plainly instead of failing on an undefined symbol. (The in-tree build has no
+# such file: it is rebuilt by `make build` against the environment's torch.)
+_BUILT_TORCH = _os.path.join(_HERE, "_build_torch.txt")
+if _os.path.exists(_BUILT_TORCH):
+    with open(_BUILT_TORCH) as _f:
+        _built = _f.read().strip()
+    if _built != _torch.__version__:
+        raise ImportError(
+            f"longattn was built against torch {_built}, but this environment has torch {_torch.__version__}; "
+            "reinstall it against this torch: pip install --no-build-isolation --force-reinstall --no-deps <longattn>"
+        )
 _torch.ops.load_library(_LIB)
 
 from ._softmax import softmax_attention  # noqa: E402

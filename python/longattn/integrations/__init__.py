@@ -1,0 +1,1 @@
+"""Adapters that plug longattn's operators into other libraries (imported on demand)."""
