@@ -53,16 +53,13 @@ def _softmax_body(rank, P, N, causal, with_mask, with_bias, dtype):
         torch.testing.assert_close(db.grad, rb.grad, **tol)
 
 
-@pytest.mark.parametrize("P,N,causal,with_mask,with_bias,dtype", [
-    (2, 37, False, True, True, torch.float64),
-    (2, 37, True, True, True, torch.float64),
-    (4, 50, True, True, True, torch.float64),
-    (4, 50, False, False, True, torch.float64),
-    (4, 64, True, False, False, torch.float32),
-    (4, 6, True, True, True, torch.float64),  # ranks with fewer tokens than their share, one with none
-])
-def test_ring_softmax_matches_single_process(P, N, causal, with_mask, with_bias, dtype):
-    dist_harness.check(P, _softmax_body, N, causal, with_mask, with_bias, dtype)
+SOFTMAX_CASES = {  # N, causal, with_mask, with_bias, dtype (one process group runs them all)
+    2: [(37, False, True, True, torch.float64), (37, True, True, True, torch.float64),
+        (40, True, False, False, torch.float32)],
+    4: [(50, True, True, True, torch.float64), (50, False, False, True, torch.float64),
+        (64, True, False, False, torch.float32),
+        (6, True, True, True, torch.float64)],  # ranks with fewer tokens than their share, one with none
+}
 
 
 def _shatter_body(rank, P, N, causal, activation, dtype):
@@ -92,14 +89,24 @@ def _shatter_body(rank, P, N, causal, activation, dtype):
     torch.testing.assert_close(mine[3].grad, leaves[3].grad, **tol)
 
 
-@pytest.mark.parametrize("P,N,causal,activation,dtype", [
-    (2, 29, False, "softmax", torch.float64),
-    (4, 29, True, "softmax", torch.float64),
-    (4, 31, True, "sigmoid", torch.float64),
-    (2, 40, True, "softmax", torch.float32),
-])
-def test_ring_shatter_matches_single_process(P, N, causal, activation, dtype):
-    dist_harness.check(P, _shatter_body, N, causal, activation, dtype)
+SHATTER_CASES = {  # N, causal, activation, dtype
+    2: [(29, False, "softmax", torch.float64), (40, True, "softmax", torch.float32)],
+    4: [(29, True, "softmax", torch.float64), (31, True, "sigmoid", torch.float64),
+        (30, False, "sigmoid", torch.float64)],
+}
+
+
+def _all_cases(rank, P):
+    for case in SOFTMAX_CASES[P]:
+        _softmax_body(rank, P, *case)
+    for case in SHATTER_CASES[P]:
+        _shatter_body(rank, P, *case)
+
+
+@pytest.mark.parametrize("P", [2, 4])
+def test_ring_softmax_and_shatter_match_single_process(P):
+    """Every case of SOFTMAX_CASES and SHATTER_CASES on P processes."""
+    dist_harness.check(P, _all_cases, timeout=240)
 
 
 def _failing_body(rank, P):

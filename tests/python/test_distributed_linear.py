@@ -29,9 +29,6 @@ def _kernelized_body(rank, P, N, causal, fm, with_mask, dtype, chunk):
     if with_mask:
         mask = torch.rand(B, N, generator=gen) > 0.3
         mask[-1, :] = False
-        keep = mask[:, None, :, None]
-        k = torch.where(keep, k, float("nan"))  # a masked key takes part in nothing, NaN included
-        v = torch.where(keep, v, float("nan"))
     proj = None
     if fm == "favor":
         proj = longattn.random_features(8, D, seed=3, heads=H, dtype=dtype)
@@ -43,6 +40,10 @@ def _kernelized_body(rank, P, N, causal, fm, with_mask, dtype, chunk):
                                         projection=proj, eps=eps)
     (ref * w).sum().backward()
     s = _slice(N, P, rank)
+    if with_mask:  # a masked key takes part in nothing, NaN included (given to ours only: the
+        # single-process operator does not meet that convention yet, see docs/distributed.md)
+        keep = mask[:, None, :, None]
+        k, v = torch.where(keep, k, float("nan")), torch.where(keep, v, float("nan"))
     mine = [t[:, :, s].clone().requires_grad_() for t in (q, k, v)]
     out = ld.kernelized_attention(*mine, feature_map=fm, causal=causal, projection=proj, eps=eps,
                                   key_padding_mask=None if mask is None else mask[:, s].contiguous(),
@@ -54,19 +55,14 @@ def _kernelized_body(rank, P, N, causal, fm, with_mask, dtype, chunk):
         torch.testing.assert_close(a.grad, b.grad[:, :, s], **tol)
 
 
-@pytest.mark.parametrize("P,N,causal,fm,with_mask,dtype,chunk", [
-    (2, 37, False, "sikf", True, torch.float64, 8),
-    (2, 37, True, "sikf", True, torch.float64, 8),
-    (4, 45, True, "sikf", False, torch.float64, 5),
-    (4, 45, True, "favor", True, torch.float64, 4),
-    (4, 30, False, "favor", False, torch.float64, 4),
-    (2, 33, True, "elu", True, torch.float64, 16),
-    (4, 33, False, "relu", True, torch.float64, 16),
-    (4, 6, True, "sikf", True, torch.float64, 2),  # a rank with no token
-    (4, 64, True, "sikf", True, torch.float32, 8),
-])
-def test_kernelized_matches_single_process(P, N, causal, fm, with_mask, dtype, chunk):
-    dist_harness.check(P, _kernelized_body, N, causal, fm, with_mask, dtype, chunk)
+KERNELIZED_CASES = {  # N, causal, feature map, with_mask, dtype, chunk
+    2: [(37, False, "sikf", True, torch.float64, 8), (37, True, "sikf", True, torch.float64, 8),
+        (33, True, "elu", True, torch.float64, 16), (33, True, "favor", False, torch.float32, 8)],
+    4: [(45, True, "sikf", False, torch.float64, 5), (45, True, "favor", True, torch.float64, 4),
+        (30, False, "favor", False, torch.float64, 4), (33, False, "relu", True, torch.float64, 16),
+        (6, True, "sikf", True, torch.float64, 2),  # a rank with no token
+        (64, True, "sikf", True, torch.float32, 8)],
+}
 
 
 def _toeplitz_body(rank, P, N, causal, dtype, path):
@@ -90,14 +86,11 @@ def _toeplitz_body(rank, P, N, causal, dtype, path):
     torch.testing.assert_close(cm.grad, cl.grad, **tol)
 
 
-@pytest.mark.parametrize("P,N,causal,dtype,path", [
-    (2, 41, False, torch.float64, "auto"),
-    (4, 41, True, torch.float64, "fft"),
-    (4, 50, False, torch.float32, "direct"),
-    (4, 7, True, torch.float64, "auto"),
-])
-def test_toeplitz_matches_single_process(P, N, causal, dtype, path):
-    dist_harness.check(P, _toeplitz_body, N, causal, dtype, path)
+TOEPLITZ_CASES = {  # N, causal, dtype, path
+    2: [(41, False, torch.float64, "auto"), (41, True, torch.float32, "direct")],
+    4: [(41, True, torch.float64, "fft"), (50, False, torch.float32, "direct"),
+        (7, True, torch.float64, "auto")],
+}
 
 
 def _yoso_body(rank, P, N, with_mask, dtype, hashing):
@@ -126,10 +119,22 @@ def _yoso_body(rank, P, N, with_mask, dtype, hashing):
         torch.testing.assert_close(a.grad, b.grad[:, :, s], **tol)
 
 
-@pytest.mark.parametrize("P,N,with_mask,dtype,hashing", [
-    (2, 27, True, torch.float64, "gaussian"),
-    (4, 30, False, torch.float64, "hadamard"),
-    (4, 30, True, torch.float32, "gaussian"),
-])
-def test_yoso_matches_single_process(P, N, with_mask, dtype, hashing):
-    dist_harness.check(P, _yoso_body, N, with_mask, dtype, hashing)
+YOSO_CASES = {  # N, with_mask, dtype, hashing
+    2: [(27, True, torch.float64, "gaussian")],
+    4: [(30, False, torch.float64, "hadamard"), (30, True, torch.float32, "gaussian")],
+}
+
+
+def _all_cases(rank, P):
+    for case in KERNELIZED_CASES[P]:
+        _kernelized_body(rank, P, *case)
+    for case in TOEPLITZ_CASES[P]:
+        _toeplitz_body(rank, P, *case)
+    for case in YOSO_CASES[P]:
+        _yoso_body(rank, P, *case)
+
+
+@pytest.mark.parametrize("P", [2, 4])
+def test_kernelized_toeplitz_and_yoso_match_single_process(P):
+    """Every case of KERNELIZED_CASES, TOEPLITZ_CASES and YOSO_CASES on P processes."""
+    dist_harness.check(P, _all_cases, timeout=240)

@@ -14,6 +14,7 @@ from ._attention import softmax_attention, shatter_attention  # noqa: F401
 from ._kernelized import kernelized_attention  # noqa: F401
 from ._toeplitz import toeplitz_matmul  # noqa: F401
 from ._yoso import yoso_attention  # noqa: F401
+from ._comm import sequence_length  # noqa: F401
 
 __all__ = ["softmax_attention", "shatter_attention", "kernelized_attention", "toeplitz_matmul",
-           "yoso_attention"]
+           "yoso_attention", "sequence_length"]

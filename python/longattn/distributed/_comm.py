@@ -152,3 +152,11 @@ def all_reduce_max_routed(local_max, group):
     mine = first[rank] & torch.isfinite(m)
     routed = torch.where(mine, local_max - local_max.detach(), torch.zeros_like(local_max))
     return m + all_reduce_sum(routed, group)
+
+
+def sequence_length(n_local, group=None):
+    """N, the whole sequence's length: the sum of every rank's local length."""
+    group_info(group)
+    t = torch.tensor([n_local], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return int(t)

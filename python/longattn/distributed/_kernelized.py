@@ -118,15 +118,16 @@ def _causal(q, k, v, mask, feature_map, projection, eps, group, chunk):
     else:
         m = projection.shape[-2] if feature_map == "favor" else q.shape[-1]
         st = q.new_zeros(B, H, m, v.shape[-1] + 1)
-    states = all_gather(st, group)        # [P, B, H, m, Dv+1]
-    maxima = all_gather(m_mine, group)    # [P, B, H]
-    if rank == 0:
-        m_prev = q.new_full((B, H), NEG_INF)
-        h = torch.zeros_like(st)
-    else:
-        m_prev = maxima[:rank].max(0).values
-        scale = torch.exp(maxima[:rank] - _finite_or_zero(m_prev))  # 0 for a rank with no key
-        h = (states[:rank] * scale[..., None, None]).sum(0)
+    # One all-gather of [state, maximum] per rank, used by every rank (rank 0 with weights 0):
+    # each rank must run the same collectives in its backward, in the same order.
+    packed = torch.cat([st.flatten(-2), m_mine.unsqueeze(-1)], -1)
+    gathered = all_gather(packed, group)                          # [P, B, H, m*(Dv+1)+1]
+    states = gathered[..., :-1].view((P,) + tuple(st.shape))
+    before = (torch.arange(P) < rank).view(P, 1, 1)
+    maxima = gathered[..., -1].masked_fill(~before, NEG_INF)     # ranks >= r take no part
+    m_prev = maxima.max(0).values
+    scale = torch.exp(maxima - _finite_or_zero(m_prev))           # 0 for a rank with no key
+    h = (states * scale[..., None, None]).sum(0)
     R = torch.maximum(m_prev.unsqueeze(-1), run)
     Rs = _finite_or_zero(R)
     outs = []
@@ -138,8 +139,8 @@ def _causal(q, k, v, mask, feature_map, projection, eps, group, chunk):
                           feature_map, projection, eps, use_reentrant=False)
         outs.append(o)
         m_in = R[..., b - 1]
-    if not outs:
-        return v.new_zeros(v.shape)
+    if not outs:  # no token here; still a user of the gathered states, for the backward's collective
+        return v.new_zeros(v.shape) + 0 * h.sum()
     return torch.cat(outs, 2)
 
 

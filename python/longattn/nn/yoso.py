@@ -28,8 +28,16 @@ class YOSOAttention(nn.Module):
     """
 
     def __init__(self, num_heads, hash_bits, num_hashes=32, *, conv_window=None,
-                 hashing="hadamard", backward="lsh", use_expectation=False, seed=0):
+                 hashing="hadamard", backward="lsh", use_expectation=False, seed=0,
+                 process_group=None):
         super().__init__()
+        if process_group is not None and (use_expectation or conv_window is not None or backward != "lsh"):
+            raise ValueError("YOSOAttention: sequence-parallel (process_group) supports LSH YOSO with "
+                             "backward='lsh' and no convolution; got use_expectation="
+                             f"{use_expectation}, conv_window={conv_window}, backward={backward!r}")
+        # Not None: q, k, v are this rank's slice of a sequence sharded over the group; every
+        # rank must draw the same seeds (same seed, same number of calls).
+        self.process_group = process_group
         self.num_heads = num_heads
         self.hash_bits = hash_bits
         self.num_hashes = num_hashes
@@ -69,6 +77,11 @@ class YOSOAttention(nn.Module):
         if self.use_expectation:
             x = yoso_expectation(q, k, v, hash_bits=self.hash_bits,
                                  key_padding_mask=key_padding_mask)
+        elif self.process_group is not None:
+            from .. import distributed as ld
+            x = ld.yoso_attention(q, k, v, hash_bits=self.hash_bits, num_hashes=self.num_hashes,
+                                  seed=self.next_seed(), key_padding_mask=key_padding_mask,
+                                  hashing=self.hashing, group=self.process_group)
         else:
             x = yoso_attention(q, k, v, hash_bits=self.hash_bits, num_hashes=self.num_hashes,
                                seed=self.next_seed(), key_padding_mask=key_padding_mask,
