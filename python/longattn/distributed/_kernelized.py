@@ -65,6 +65,11 @@ def _keys(k, mask, feature_map, projection):
     return phi, c
 
 
+def _anchor(q, k, v):
+    """0, as a function of the inputs (their sums are 0 on a rank with no token)."""
+    return 0 * (q.sum() + k.sum() + v.sum())
+
+
 def _finish(num, den, eps):
     den = den + eps
     ok = den > 0
@@ -116,8 +121,10 @@ def _causal(q, k, v, mask, feature_map, projection, eps, group, chunk):
     if n > 0:
         st = checkpoint(_state, k, v, mask, ref, feature_map, projection, use_reentrant=False)
     else:
+        # no token here: a zero state that still hangs off the inputs, so that this rank's
+        # backward runs the same collectives as the others'
         m = projection.shape[-2] if feature_map == "favor" else q.shape[-1]
-        st = q.new_zeros(B, H, m, v.shape[-1] + 1)
+        st = q.new_zeros(B, H, m, v.shape[-1] + 1) + _anchor(q, k, v)
     # One all-gather of [state, maximum] per rank, used by every rank (rank 0 with weights 0):
     # each rank must run the same collectives in its backward, in the same order.
     packed = torch.cat([st.flatten(-2), m_mine.unsqueeze(-1)], -1)
@@ -147,13 +154,13 @@ def _causal(q, k, v, mask, feature_map, projection, eps, group, chunk):
 def _non_causal(q, k, v, mask, feature_map, projection, eps, group):
     B, H, n, _ = q.shape
     _, ck = _keys(k, mask, feature_map, projection)
-    local_max = ck.max(-1).values if n > 0 else q.new_full((B, H), NEG_INF)
+    local_max = ck.max(-1).values if n > 0 else q.new_full((B, H), NEG_INF) + _anchor(q, k, v)
     R = _finite_or_zero(all_reduce_max_routed(local_max, group))
     if n > 0:
         st = _state(k, v, mask, R, feature_map, projection)
     else:
         m = projection.shape[-2] if feature_map == "favor" else q.shape[-1]
-        st = q.new_zeros(B, H, m, v.shape[-1] + 1) + 0 * R[..., None, None]
+        st = q.new_zeros(B, H, m, v.shape[-1] + 1) + _anchor(q, k, v)
     st = all_reduce_sum(st, group)
     phq, _ = _features(q, feature_map, projection)
     numer = torch.einsum("bhim,bhmd->bhid", phq, st)
