@@ -18,16 +18,23 @@ class FastRPB(torch.nn.Module):
     when j <= i. special_tokens: leading tokens (CLS) outside the bias (zero rows and columns);
     in 2-D the tokens before the grid are always outside. Initialised as the authors do:
     w_r = |r| 1e-5 U(0,1) + 1e-6 N(0,1). The C++ twin is longattn::nn::FastRPB.
+    process_group (1-D, no special tokens): v is this rank's slice of a sequence sharded over
+    the group (longattn.distributed's layout) and the product is sequence-parallel
+    (longattn.distributed.toeplitz_matmul); torch.distributed.group.WORLD for the default group.
     """
 
     def __init__(self, heads, max_len, *, kind="full", two_d=False, height=0, width=0,
-                 separate_axes=False, causal=False, special_tokens=0):
+                 separate_axes=False, causal=False, special_tokens=0, process_group=None):
         super().__init__()
         for name, val in (("heads", heads), ("max_len", max_len)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"FastRPB: {name} must be an integer >= 1, got {val!r}")
         if not isinstance(special_tokens, int) or special_tokens < 0:
             raise ValueError(f"FastRPB: special_tokens must be an integer >= 0, got {special_tokens!r}")
+        if process_group is not None and (two_d or special_tokens):
+            raise ValueError("FastRPB: sequence-parallel (process_group) needs a 1-D sequence without "
+                             f"special tokens; got two_d={two_d}, special_tokens={special_tokens}")
+        self.process_group = process_group
         if kind not in ("full", "symmetric"):
             raise ValueError(f'FastRPB: kind must be "full" or "symmetric", got "{kind}"')
         if two_d and not (1 <= height <= max_len and 1 <= width <= max_len):
@@ -66,6 +73,11 @@ class FastRPB(torch.nn.Module):
         if key_padding_mask is not None:
             # masked_fill, not a product: a masked token's garbage (NaN) must not reach the sum.
             v = v.masked_fill(~key_padding_mask[:, None, :, None], 0)
+        if self.process_group is not None:
+            from .. import distributed as ld
+            N = ld.sequence_length(n, self.process_group)
+            return ld.toeplitz_matmul(self.coefficients(N).to(v.dtype), v, causal=self.causal,
+                                      group=self.process_group)
         lead = n - self.height * self.width if self.two_d else self.special_tokens
         if lead < 0 or (self.two_d and lead < self.special_tokens):
             raise ValueError(f"FastRPB: {n} tokens do not hold {self.special_tokens} special tokens and the grid")

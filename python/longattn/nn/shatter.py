@@ -94,8 +94,11 @@ class Shatter(nn.Module):
 
     def __init__(self, embed_dim, num_parts=4, *, qk_dim=64, value_dim=None, key_projection=True,
                  activation="softmax", causal=False, partition="softmax", partition_options=None,
-                 bias=True, device=None, dtype=None):
+                 bias=True, device=None, dtype=None, process_group=None):
         super().__init__()
+        # Not None: x is this rank's slice of a sequence sharded over the group, and the
+        # attention runs sequence-parallel (longattn.distributed.shatter_attention).
+        self.process_group = process_group
         if activation not in ("softmax", "sigmoid"):
             raise ValueError(f"Shatter: activation must be 'softmax' or 'sigmoid', got {activation!r}")
         for name, val in (("embed_dim", embed_dim), ("num_parts", num_parts), ("qk_dim", qk_dim)):
@@ -123,6 +126,12 @@ class Shatter(nn.Module):
         k = self.k_proj(x) if self.k_proj is not None else x
         # [B, N, P*Dv] -> [B, P, N, Dv] as a strided view: the operator takes it without a copy.
         v = self.v_proj(x).view(B, N, self.num_parts, self.value_dim).transpose(1, 2)
+        if self.process_group is not None:
+            from .. import distributed as ld
+            pi = self.partition(ld.sequence_length(N, self.process_group)).to(x.dtype)
+            o = ld.shatter_attention(q, k, v, pi, activation=self.activation, causal=self.causal,
+                                     key_padding_mask=key_padding_mask, group=self.process_group)
+            return self.out_proj(o)
         pi = self.partition(N).to(x.dtype)
         o = shatter_attention(q, k, v, pi, activation=self.activation, causal=self.causal,
                               key_padding_mask=key_padding_mask)

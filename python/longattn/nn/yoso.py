@@ -29,7 +29,8 @@ class YOSOAttention(nn.Module):
     """
 
     def __init__(self, num_heads, hash_bits, num_hashes=32, *, conv_window=None,
-                 hashing="hadamard", backward="lsh", use_expectation=False, seed=0):
+                 hashing="hadamard", backward="lsh", use_expectation=False, seed=0,
+                 process_group=None):
         super().__init__()
         if not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(f"YOSOAttention: num_heads must be an integer >= 1, got {num_heads!r}")
@@ -38,6 +39,13 @@ class YOSOAttention(nn.Module):
             raise ValueError(f"YOSOAttention: conv_window must be None or an odd integer >= 1, got {conv_window!r}")
         if not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"YOSOAttention: seed must be an integer in [0, 2**64), got {seed!r}")
+        if process_group is not None and (use_expectation or conv_window is not None or backward != "lsh"):
+            raise ValueError("YOSOAttention: sequence-parallel (process_group) supports LSH YOSO with "
+                             "backward='lsh' and no convolution; got use_expectation="
+                             f"{use_expectation}, conv_window={conv_window}, backward={backward!r}")
+        # Not None: q, k, v are this rank's slice of a sequence sharded over the group; every
+        # rank must draw the same seeds (same seed, same number of calls).
+        self.process_group = process_group
         self.num_heads = num_heads
         self.hash_bits = hash_bits
         self.num_hashes = num_hashes
@@ -77,6 +85,11 @@ class YOSOAttention(nn.Module):
         if self.use_expectation:
             x = yoso_expectation(q, k, v, hash_bits=self.hash_bits,
                                  key_padding_mask=key_padding_mask)
+        elif self.process_group is not None:
+            from .. import distributed as ld
+            x = ld.yoso_attention(q, k, v, hash_bits=self.hash_bits, num_hashes=self.num_hashes,
+                                  seed=self.next_seed(), key_padding_mask=key_padding_mask,
+                                  hashing=self.hashing, group=self.process_group)
         else:
             x = yoso_attention(q, k, v, hash_bits=self.hash_bits, num_hashes=self.num_hashes,
                                seed=self.next_seed(), key_padding_mask=key_padding_mask,
