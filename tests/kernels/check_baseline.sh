@@ -6,7 +6,8 @@
 set -eu
 lib=$1; shift
 objdump=${OBJDUMP:-objdump}
-case "$(uname -m)" in x86_64) ;; *) echo "not x86-64: nothing to check"; exit 0 ;; esac
+# The target's architecture (a cross build checks its own objects), else the host's.
+case "${TARGET_ARCH:-$(uname -m)}" in x86_64|AMD64|amd64) ;; *) echo "not x86-64: nothing to check"; exit 0 ;; esac
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 cd "$dir" && ar x "$lib"
 status=0
