@@ -1,8 +1,10 @@
 // Kernelized (linear) attention: longattn.kernelized_attention (elu, sikf, favor with m = 64)
-// against the composites a PyTorch user writes (einsum when not causal; cumsum over the
-// N x D x Dv outer products when causal, as fast-transformers' and xformers' Python paths
-// do) and against exact softmax attention.
+// against the composites a PyTorch user writes: einsum when not causal and cumsum over the
+// N x D x Dv outer products when causal (as fast-transformers' and xformers' Python paths do),
+// performer-pytorch's FAVOR+ expression, and exact softmax attention.
 #include <torch/torch.h>
+
+#include <cmath>
 
 #include "bench/registry.h"
 #include "longattn/kernelized_attention.h"
@@ -88,6 +90,44 @@ std::optional<Runner> make_composite(const Shape& s, std::string& why) {
   });
 }
 
+// FAVOR+ as performer-pytorch writes it (softmax_kernel with the data normaliser, diagonal and
+// stabilising max, then linear attention; the causal form by prefix sums, as its non-CUDA path),
+// with the same m = 64 orthogonal random features as longattn's case.
+std::optional<Runner> make_favor_composite(const Shape& s, std::string& why) {
+  const int64_t m = 64;
+  const double elem = s.dtype == at::kDouble ? 8 : 4;
+  const double cumsum_bytes = 4.0 * s.B * s.H * s.N * m * s.D * elem;
+  if (s.causal && cumsum_bytes > max_case_bytes()) {
+    why = "the N×m×Dv prefix sums need " + std::to_string(int(cumsum_bytes / (1 << 30))) + " GiB";
+    return std::nullopt;
+  }
+  Inputs in = make_inputs(s);
+  RandomFeaturesOptions ro;
+  ro.dtype = s.dtype;
+  in.projection = random_features(m, s.D, 1, ro);
+  return finish(s, in, m, [causal = s.causal, m](const Inputs& x) {
+    const double normalizer = std::pow(double(x.q.size(-1)), -0.25);
+    const double ratio = std::pow(double(m), -0.5);
+    const double eps = 1e-4;
+    auto feature = [&](const at::Tensor& t, bool is_query) {
+      auto dash = at::einsum("bhnd,md->bhnm", {t * normalizer, x.projection});
+      auto diag = (t * t).sum(-1, true) * (normalizer * normalizer / 2);
+      auto stab = is_query ? std::get<0>(dash.max(-1, true)) : dash.amax({-1, -2}, true);
+      return ratio * (at::exp(dash - diag - stab.detach()) + eps);
+    };
+    auto qf = feature(x.q, true), kf = feature(x.k, false);
+    if (causal) {
+      auto kv = at::einsum("bhnm,bhne->bhnme", {kf, x.v}).cumsum(2);
+      auto num = at::einsum("bhnm,bhnme->bhne", {qf, kv});
+      auto den = at::einsum("bhnm,bhnm->bhn", {qf, kf.cumsum(2)});
+      return num / den.unsqueeze(-1);
+    }
+    auto context = at::einsum("bhnm,bhne->bhme", {kf, x.v});
+    auto den = at::einsum("bhnm,bhm->bhn", {qf, kf.sum(2)});
+    return at::einsum("bhme,bhnm->bhne", {context, qf}) / den.unsqueeze(-1);
+  });
+}
+
 std::optional<Runner> make_softmax(const Shape& s, std::string&) {
   Inputs in = make_inputs(s);
   Runner r = finish(s, in, s.D, [causal = s.causal](const Inputs& x) {
@@ -120,6 +160,7 @@ RegisterSuite reg({"kernelized",
                     {"longattn.kernelized_attention[sikf]", false, longattn_case("sikf")},
                     {"longattn.kernelized_attention[favor]", false, longattn_case("favor")},
                     {"torch.linear_composite", true, make_composite},
+                    {"performer.favor_composite", true, make_favor_composite},
                     {"longattn.softmax_attention", true, make_softmax}}});
 
 }  // namespace

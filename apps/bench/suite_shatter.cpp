@@ -134,6 +134,19 @@ std::optional<Runner> make_softmax_op(const Shape& s, std::string&) {
   return r;
 }
 
+// torch's fused SDPA on the same single head.
+std::optional<Runner> make_sdpa_op(const Shape& s, std::string&) {
+  auto q = randn({s.B, 1, s.N, s.D}, s, true), k = randn({s.B, 1, s.N, s.D}, s, true);
+  auto v = randn({s.B, 1, s.N, s.D}, s, true);
+  const bool causal = s.causal;
+  Runner r = op_runner(randn({s.B, 1, s.N, s.D}, s), {q, k, v}, [=] {
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal);
+  });
+  r.flops_forward = attention_flops(s, s.N, s.N, s.D) / s.H;
+  r.flops_backward = 2.5 * r.flops_forward;
+  return r;
+}
+
 std::vector<Shape> op_grid(bool quick) {
   Shape s;
   s.B = 1, s.H = 1, s.D = 64, s.N = quick ? 2048 : 4096;
@@ -148,7 +161,8 @@ RegisterSuite reg_op({"shatter_op",
                         [](const Shape& s, std::string&) { return make_shatter_op(s, s.D); }},
                        {"longattn.shatter_attention[Dv=D/P]", false,
                         [](const Shape& s, std::string&) { return make_shatter_op(s, s.D / int64_t(s.get("P", 4))); }},
-                       {"longattn.softmax_attention[H=1]", true, make_softmax_op}}});
+                       {"longattn.softmax_attention[H=1]", true, make_softmax_op},
+                       {"torch.sdpa[H=1]", true, make_sdpa_op}}});
 
 }  // namespace
 }  // namespace longattn::bench
