@@ -8,6 +8,7 @@
 
 #include "command.h"
 #include "flags.h"
+#include "apps/train/distributed.h"
 #include "kernels/common/cpu_features.h"
 
 namespace longattn::app {
@@ -39,7 +40,10 @@ int run_info(const Args& args) {
             << "  threads: " << at::get_num_threads() << " (torch intra-op; longattn kernels use the same)\n"
             << "  allocator: " << LONGATTN_ALLOCATOR << " (this tool's process)\n"
             << "  cpu: AVX2 " << (f.avx2 ? "yes" : "no") << ", FMA " << (f.fma ? "yes" : "no")
-            << ", AVX-512 " << (f.avx512f ? "yes" : "no") << "\n";
+            << ", AVX-512 " << (f.avx512f ? "yes" : "no") << "\n"
+            << "  distributed (c10d): Gloo " << (train::distributed_gloo_built() ? "yes" : "no (no Gloo headers at build time)")
+            << ", NCCL " << (train::distributed_nccl_built() ? "yes" : "no (CPU-only operators)")
+            << " (`longattn train --nproc N`, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT)\n";
   return 0;
 }
 

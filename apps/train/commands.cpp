@@ -1,13 +1,18 @@
 #include "apps/train/commands.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <map>
 #include <set>
 #include <stdexcept>
 #include <string>
 
+#include <thread>
+
 #include "apps/data/tasks.h"
+#include "apps/train/distributed.h"
 #include "apps/train/progress.h"
 #include "apps/train/trainer.h"
 
@@ -112,7 +117,26 @@ int train_command(int argc, char** argv) {
     Args a(argc, argv, {"resume", "quiet"},
            {"task", "task-options", "attention", "fastrpb", "layers", "dim", "heads", "ffn", "dropout", "positions",
             "pooling", "steps", "batch", "lr", "warmup", "weight-decay", "clip", "eval-every", "log-every", "threads",
-            "seed", "out", "stop-after", "eval-limit", "bucket"});
+            "seed", "out", "stop-after", "eval-limit", "bucket", "nproc", "dist-timeout"});
+    // Data parallel: --nproc N launches N local ranks of this command; RANK/WORLD_SIZE (torchrun)
+    // make this process one rank. --dist-timeout: seconds a collective may wait for a peer.
+    const int64_t nproc = a.get_int("nproc", 1), dist_timeout = a.get_int("dist-timeout", 300);
+    if (nproc < 1) throw std::invalid_argument("--nproc must be >= 1 (local processes), got " + std::to_string(nproc));
+    if (dist_timeout < 1) throw std::invalid_argument("--dist-timeout must be >= 1 (seconds), got " + std::to_string(dist_timeout));
+    if (nproc > 1) {
+      if (std::getenv("RANK") || std::getenv("WORLD_SIZE"))
+        throw std::invalid_argument("--nproc launches a group of its own; this process is already rank " +
+                                    std::string(std::getenv("RANK") ? std::getenv("RANK") : "?") + " of one (RANK/WORLD_SIZE set)");
+      // The ranks get every argument but --nproc and --threads; the threads are divided among them.
+      const int64_t total = a.get_int("threads", int64_t(std::max(1u, std::thread::hardware_concurrency())));
+      std::vector<std::string> rest;
+      for (int i = 0; i < argc; ++i) {
+        const std::string s = argv[i];
+        if (s == "--nproc" || s == "--threads") ++i;
+        else if (s.rfind("--nproc=", 0) != 0 && s.rfind("--threads=", 0) != 0) rest.push_back(s);
+      }
+      return launch_local(int(nproc), int(std::max<int64_t>(1, total / nproc)), rest, std::chrono::seconds(dist_timeout));
+    }
     TrainConfig c;
     c.model.attention = a.get("attention", "softmax");
     c.model.fastrpb = a.get("fastrpb", "none");
@@ -140,17 +164,22 @@ int train_command(int argc, char** argv) {
     c.resume = a.flag("resume");
     c.quiet = a.flag("quiet");
     c.stop_after = a.get_int("stop-after", -1);
+    c.dist = Distributed::from_environment(std::chrono::seconds(dist_timeout));
     const data::Splits s = task_from(a);
     const TrainResult r = train(c, s);
+    if (c.dist && c.dist->rank() != 0) return 0;  // rank 0 reports
     if (r.steps_done < c.steps) {
       std::printf("stopped at step %lld of %lld; continue with --resume\n", (long long)r.steps_done, (long long)c.steps);
       return 0;
     }
     std::printf("attention %s%s: test accuracy %.4f (loss %.4f), val accuracy %.4f (best %.4f), %lld parameters, "
-                "wall %s, %.0f tokens/s, peak memory %.0f MiB, %d threads\n",
+                "wall %s, %.0f tokens/s, peak memory %.0f MiB, %s%d threads%s\n",
                 c.model.attention.c_str(), c.model.fastrpb == "none" ? "" : (" + FastRPB " + c.model.fastrpb).c_str(),
                 r.test.accuracy, r.test.loss, r.val.accuracy, r.best_val_accuracy, (long long)r.parameters,
-                format_duration(r.wall_seconds).c_str(), r.tokens_per_second, r.peak_memory_mib, r.threads);
+                format_duration(r.wall_seconds).c_str(), r.tokens_per_second, r.peak_memory_mib,
+                r.world > 1 ? (std::to_string(r.world) + " processes x ").c_str() : "", r.threads,
+                r.world > 1 ? (", communication " + std::to_string(int(std::lround(100 * r.comm_seconds / std::max(r.train_seconds, 1e-9)))) +
+                               "% of step time").c_str() : "");
     return 0;
   });
 }
