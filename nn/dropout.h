@@ -21,4 +21,21 @@ class DropoutImpl : public torch::nn::Cloneable<DropoutImpl> {
 };
 TORCH_MODULE(Dropout);
 
+// Data-parallel training: while a guard lives, the rows (dim 0) of every tensor Dropout sees are
+// rows `first`, `first` + 1, ... of the global batch, and each gets the mask that row gets when one
+// process runs the whole batch (same seed draw, element index shifted by first x elements per row).
+// Why: with per-process masks drawn as if each shard were the whole batch, N processes would train a
+// different model than one process on the combined batch. Exact when the elements per row are a
+// multiple of 4 (the kernel draws 4 lanes per counter); otherwise forward throws.
+class DropoutRowOffset {
+ public:
+  explicit DropoutRowOffset(int64_t first);
+  ~DropoutRowOffset();
+  DropoutRowOffset(const DropoutRowOffset&) = delete;
+  DropoutRowOffset& operator=(const DropoutRowOffset&) = delete;
+
+ private:
+  int64_t previous_;
+};
+
 }  // namespace longattn::nn

@@ -189,7 +189,7 @@ at::Tensor kernelized_rpe_impl(const at::Tensor& phi_q, const at::Tensor& phi_k,
   check_shape(kOp, "phi_k", phi_k, {B, H, N, phi_q.sym_size(3)}, "[B, H, N, m] (as phi_q: Nq == Nk)");
   check_shape(kOp, "v", v, {B, H, N, -1}, "[B, H, N, Dv]");
   check_rank(kOp, "rel_bias", rel_bias, 2, "[H, 2N-1]");
-  check_shape(kOp, "rel_bias", rel_bias, {H, std::max<int64_t>(2 * N - 1, 0)}, "[H, 2N-1]");
+  check_shape(kOp, "rel_bias", rel_bias, {H, offsets_len(N)}, "[H, 2N-1]");
   if (key_padding_mask && key_padding_mask->defined())
     check_key_padding_mask(kOp, *key_padding_mask, B, N);
   if (!(eps >= 0) || !std::isfinite(eps))

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(cmake ninja-build g++ make libgtest-dev libopenblas-pthread-dev libtcmalloc-minimal4 ccache zlib1g-dev python3-venv
+apt_pkgs=(cmake ninja-build g++ make libgtest-dev libopenblas-pthread-dev libtcmalloc-minimal4 libgloo-dev ccache zlib1g-dev python3-venv
           dataset-fashion-mnist)
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -8,6 +8,7 @@
 
 #include "command.h"
 #include "flags.h"
+#include "apps/train/distributed.h"
 #include "kernels/common/cpu_features.h"
 
 namespace longattn::app {
@@ -51,6 +52,9 @@ int run_info(const Args& args) {
             << "  level in use: " << kernels::isa_name(kernels::isa_active())
             << (kernels::isa_active() == kernels::isa_best() ? " (the best supported)" : " (forced)")
             << "\n";
+  std::cout << "  distributed (c10d): Gloo " << (train::distributed_gloo_built() ? "yes" : "no (no Gloo headers at build time)")
+            << ", NCCL " << (train::distributed_nccl_built() ? "yes" : "no (CPU-only operators)")
+            << " (`longattn train --nproc N`, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT)\n";
   return 0;
 }
 

@@ -1,6 +1,9 @@
 #include "apps/train/commands.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <map>
 #include <stdexcept>
@@ -8,8 +11,11 @@
 #include <string>
 #include <vector>
 
+#include <thread>
+
 #include "apps/data/tasks.h"
 #include "apps/flags.h"
+#include "apps/train/distributed.h"
 #include "apps/train/progress.h"
 #include "apps/train/trainer.h"
 
@@ -96,10 +102,31 @@ int train_command(const app::Args& args) {
               {"eval-limit", "evaluate on the first N validation/test examples, >= 0; 0: all (default 0)"},
               {"resume", "continue from --out's latest.ckpt"},
               {"quiet", "no progress output"},
+              {"nproc", "data parallel: launch N local ranks of this command, >= 1, --threads divided among them (default 1)"},
+              {"dist-timeout", "seconds a collective may wait for a peer before the run ends naming it, >= 1 (default 300)"},
           }),
           {"resume", "quiet"});
   if (print_help(args, "usage: longattn train --task NAME [flags]", f)) return 0;
   f.parse(args);
+  // Data parallel: --nproc N launches N local ranks of this command; RANK/WORLD_SIZE (torchrun)
+  // make this process one rank.
+  const int64_t nproc = f.get_int("nproc", 1, 1, 1024), dist_timeout = f.get_int("dist-timeout", 300, 1);
+  if (nproc > 1) {
+    if (std::getenv("RANK") || std::getenv("WORLD_SIZE"))
+      throw UsageError("flag --nproc launches a group of its own; this process is already rank " +
+                       std::string(std::getenv("RANK") ? std::getenv("RANK") : "?") + " of one (RANK/WORLD_SIZE set)");
+    // The ranks get every argument but --nproc and --threads; the threads are divided among them.
+    const int64_t total = f.get_int("threads", 0, 0, kMaxThreads) > 0
+                              ? f.get_int("threads", 0, 0, kMaxThreads)
+                              : int64_t(std::max(1u, std::thread::hardware_concurrency()));
+    std::vector<std::string> rest;
+    for (size_t i = 0; i < args.size(); ++i) {
+      const std::string& a = args[i];
+      if (a == "--nproc" || a == "--threads") ++i;
+      else if (a.rfind("--nproc=", 0) != 0 && a.rfind("--threads=", 0) != 0) rest.push_back(a);
+    }
+    return launch_local(int(nproc), int(std::max<int64_t>(1, total / nproc)), rest, std::chrono::seconds(dist_timeout));
+  }
   TrainConfig c;
   {
     std::vector<std::string> names;
@@ -140,20 +167,27 @@ int train_command(const app::Args& args) {
   if (c.resume && c.out_dir.empty()) throw UsageError("flag --resume needs --out FOLDER (the interrupted run's)");
   c.quiet = f.has("quiet");
   c.stop_after = f.get_int("stop-after", -1, -1);
+  c.dist = Distributed::from_environment(std::chrono::seconds(dist_timeout));
   const data::Splits s = task_from(f);
   if (c.model.fastrpb == "2d" && (s.train.height <= 0 || s.train.width <= 0))
     throw UsageError("flag --fastrpb got '2d', but task '" + f.get("task", "") +
                      "' is not an image (no height and width); allowed here: none, 1d");
   const TrainResult r = train(c, s);
+  if (c.dist && c.dist->rank() != 0) return 0;  // rank 0 reports
   if (r.steps_done < c.steps) {
     std::printf("stopped at step %lld of %lld; continue with --resume\n", (long long)r.steps_done, (long long)c.steps);
     return 0;
   }
   std::printf("attention %s%s: test accuracy %.4f (loss %.4f), val accuracy %.4f (best %.4f), %lld parameters, "
-              "wall %s, %.0f tokens/s, peak memory %.0f MiB, %d threads\n",
+              "wall %s, %.0f tokens/s, peak memory %.0f MiB, %s%d threads%s\n",
               c.model.attention.c_str(), c.model.fastrpb == "none" ? "" : (" + FastRPB " + c.model.fastrpb).c_str(),
               r.test.accuracy, r.test.loss, r.val.accuracy, r.best_val_accuracy, (long long)r.parameters,
-              format_duration(r.wall_seconds).c_str(), r.tokens_per_second, r.peak_memory_mib, r.threads);
+              format_duration(r.wall_seconds).c_str(), r.tokens_per_second, r.peak_memory_mib,
+              r.world > 1 ? (std::to_string(r.world) + " processes x ").c_str() : "", r.threads,
+              r.world > 1 ? (", communication " +
+                             std::to_string(int(std::lround(100 * r.comm_seconds / std::max(r.train_seconds, 1e-9)))) +
+                             "% of step time").c_str()
+                          : "");
   return 0;
 }
 

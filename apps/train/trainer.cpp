@@ -10,6 +10,7 @@
 
 #include "apps/data/order.h"
 #include "apps/train/checkpoint_file.h"
+#include "apps/train/distributed.h"
 #include "apps/train/progress.h"
 
 namespace longattn::train {
@@ -114,7 +115,7 @@ static std::vector<int64_t> example_lengths(const data::Dataset& ds) {
   return len;
 }
 
-EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batch) {
+EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batch, Distributed* dist) {
   if (batch < 1) throw std::invalid_argument("evaluate: batch must be >= 1, got " + std::to_string(batch));
   torch::NoGradGuard no_grad;
   const bool was_training = model->is_training();
@@ -127,7 +128,9 @@ EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batc
   std::vector<size_t> by_length(ds.size());
   std::iota(by_length.begin(), by_length.end(), size_t(0));
   std::stable_sort(by_length.begin(), by_length.end(), [&](size_t x, size_t y) { return len[x] < len[y]; });
-  for (size_t start = 0; start < ds.size(); start += size_t(batch)) {
+  const size_t world = dist ? size_t(dist->world()) : 1, rank = dist ? size_t(dist->rank()) : 0;
+  for (size_t start = 0, chunk = 0; start < ds.size(); start += size_t(batch), ++chunk) {
+    if (chunk % world != rank) continue;  // this rank's share of the batches
     std::vector<size_t> idx(by_length.begin() + long(start), by_length.begin() + long(std::min(ds.size(), start + size_t(batch))));
     auto t = to_tensors(data::make_batch(ds, idx, batch_options(model->config())));
     auto logits = model->forward(t.tokens, t.mask, t.tokens2, t.mask2);
@@ -135,6 +138,12 @@ EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batc
                                                      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();
     correct += logits.argmax(1).eq(t.labels).sum().item<int64_t>();
+  }
+  if (dist && dist->world() > 1) {
+    torch::Tensor sums = torch::tensor({loss_sum, double(correct)}, torch::kDouble);
+    dist->all_reduce_sum(sums, "the evaluation all-reduce");
+    loss_sum = sums[0].item<double>();
+    correct = int64_t(std::llround(sums[1].item<double>()));
   }
   r.examples = int64_t(ds.size());
   if (r.examples > 0) r.loss = loss_sum / double(r.examples), r.accuracy = double(correct) / double(r.examples);
@@ -159,6 +168,13 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
       !std::isfinite(cfg.lr) || !(cfg.weight_decay >= 0) || !std::isfinite(cfg.weight_decay))
     throw std::invalid_argument("train: need steps, batch, eval_batch, log_every >= 1; warmup, eval_every, threads >= 0; "
                                 "finite clip, weight_decay >= 0 and lr > 0");
+  Distributed* dist = cfg.dist && cfg.dist->world() > 1 ? cfg.dist.get() : nullptr;
+  const int world = dist ? dist->world() : 1, rank = dist ? dist->rank() : 0;
+  if (cfg.batch < world)
+    throw std::invalid_argument("train: --batch (the global batch, " + std::to_string(cfg.batch) +
+                                ") must be at least the number of processes (" + std::to_string(world) + ")");
+  // This rank's rows of every global batch.
+  const int64_t row_lo = cfg.batch * rank / world, row_hi = cfg.batch * (rank + 1) / world;
   data::validate(splits.train);
   nn::ModelConfig mc = cfg.model;
   fit_model_to_data(mc, splits);
@@ -166,13 +182,17 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
   nn::Classifier model(mc);
   torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
   const std::string latest = cfg.out_dir.empty() ? "" : cfg.out_dir + "/latest.ckpt";
-  const std::string best_path = cfg.out_dir.empty() ? "" : cfg.out_dir + "/best.ckpt";
-  if (!cfg.out_dir.empty() && ::mkdir(cfg.out_dir.c_str(), 0777) != 0 && errno != EEXIST)
+  // Rank 0 alone writes (checkpoints, metrics, progress); every rank reads latest.ckpt to resume.
+  const std::string best_path = cfg.out_dir.empty() || rank != 0 ? "" : cfg.out_dir + "/best.ckpt";
+  const std::string save_path = rank != 0 ? "" : latest;
+  const bool quiet = cfg.quiet || rank != 0;
+  if (rank == 0 && !cfg.out_dir.empty() && ::mkdir(cfg.out_dir.c_str(), 0777) != 0 && errno != EEXIST)
     throw std::runtime_error("cannot create folder " + cfg.out_dir);
 
   TrainResult res;
   res.parameters = nn::count_parameters(*model);
   res.threads = torch::get_num_threads();
+  res.world = world;
   int64_t step = 0;
   double best = -1;
   if (cfg.resume) {
@@ -196,41 +216,81 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
     gen.set_state(t_rng);
   }
 
-  Progress progress(cfg.steps, step, cfg.log_every, cfg.quiet);
+  Progress progress(cfg.steps, step, cfg.log_every, quiet);
   // A fresh run starts the log afresh; a resumed one keeps the lines up to its checkpoint's step
   // (the interrupted run may have logged further steps, which it now repeats).
-  MetricsLog metrics(cfg.out_dir.empty() ? "" : cfg.out_dir + "/metrics.jsonl", cfg.resume ? step : 0);
-  if (!cfg.quiet && !cfg.resume) {
+  MetricsLog metrics(cfg.out_dir.empty() || rank != 0 ? "" : cfg.out_dir + "/metrics.jsonl", cfg.resume ? step : 0);
+  const std::string procs = world > 1 ? std::to_string(world) + " processes x " : "";
+  if (!quiet && !cfg.resume) {
     std::ostringstream s;
     s << "model: " << mc.attention << (mc.fastrpb != "none" ? " + FastRPB " + mc.fastrpb : "") << ", " << mc.layers
       << " layers, dim " << mc.dim << ", " << mc.heads << " heads, ffn " << mc.ffn << ", max_len " << mc.max_len << ": "
-      << res.parameters << " parameters; " << res.threads << " threads";
+      << res.parameters << " parameters; " << procs << res.threads << " threads";
     progress.line(s.str());
   }
-  if (cfg.resume && !cfg.quiet)
-    progress.line("resumed at step " + std::to_string(step) + "; " + std::to_string(res.threads) + " threads");
+  if (cfg.resume && !quiet)
+    progress.line("resumed at step " + std::to_string(step) + "; " + procs + std::to_string(res.threads) + " threads");
 
   data::EpochOrder order(splits.train.size(), cfg.batch, cfg.seed, cfg.bucket,
                          cfg.bucket > 1 ? example_lengths(splits.train) : std::vector<int64_t>{});
   const data::BatchOptions bopt = batch_options(mc);
   model->train();
   const auto t0 = Clock::now();
-  double train_seconds = 0, loss_ema = NAN, acc_ema = NAN;
+  double train_seconds = 0, comm_seconds = 0, loss_ema = NAN, acc_ema = NAN;
+  const std::vector<torch::Tensor> params = model->parameters();
   int64_t tokens = 0;
   const int64_t last = cfg.stop_after >= 0 ? std::min(cfg.steps, cfg.stop_after) : cfg.steps;
   while (step < last) {
     const auto ts = Clock::now();
     auto t = to_tensors(data::make_batch(splits.train, order.batch(step), bopt));
+    if (dist) {
+      // This rank's rows of the global batch, padded as the global batch is: every example sees the
+      // same length, positions and dropout mask as in one process running the whole batch.
+      auto rows = [&](const torch::Tensor& x) { return x.defined() ? x.slice(0, row_lo, row_hi) : x; };
+      t.tokens = rows(t.tokens), t.mask = rows(t.mask), t.tokens2 = rows(t.tokens2), t.mask2 = rows(t.mask2);
+      t.labels = rows(t.labels);
+    }
     for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr_at(cfg, step));
     opt.zero_grad();
-    auto logits = model->forward(t.tokens, t.mask, t.tokens2, t.mask2);
-    auto loss = torch::nn::functional::cross_entropy(logits, t.labels);
-    loss.backward();
+    torch::Tensor logits, loss;
+    {
+      nn::DropoutRowOffset rows_from(row_lo);
+      logits = model->forward(t.tokens, t.mask, t.tokens2, t.mask2);
+    }
+    double l = 0, a = 0;
+    if (dist) {
+      // The global batch's mean loss is the sum over the ranks of (sum over this rank's rows) / batch,
+      // so the all-reduced gradient is the one-process gradient of the combined batch.
+      loss = torch::nn::functional::cross_entropy(logits, t.labels,
+                                                  torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
+             double(cfg.batch);
+      loss.backward();
+      std::vector<float> totals = {loss.item<float>(), logits.argmax(1).eq(t.labels).sum().item<float>()};
+      const auto tc = Clock::now();
+      all_reduce_gradients(*dist, params, totals, cfg.bucket_bytes);
+      comm_seconds += std::chrono::duration<double>(Clock::now() - tc).count();
+      l = totals[0], a = totals[1] / double(cfg.batch);
+    } else {
+      loss = torch::nn::functional::cross_entropy(logits, t.labels);
+      loss.backward();
+    }
     if (cfg.clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), cfg.clip);
     opt.step();
     ++step;
-    const double l = loss.item<double>();
-    const double a = logits.argmax(1).eq(t.labels).to(torch::kDouble).mean().item<double>();
+    if (dist) {
+      // Every rank applied the same update to the same parameters: check it, bit for bit.
+      const auto tc = Clock::now();
+      const std::vector<int64_t> hashes = dist->all_gather(parameter_hash(params), "the parameter check");
+      comm_seconds += std::chrono::duration<double>(Clock::now() - tc).count();
+      for (int r = 1; r < world; ++r)
+        if (hashes[size_t(r)] != hashes[0])
+          throw std::runtime_error("after step " + std::to_string(step) + " the parameters of rank " + std::to_string(r) +
+                                   " differ from rank 0's (hash " + std::to_string(hashes[size_t(r)]) + " vs " +
+                                   std::to_string(hashes[0]) + ")");
+    } else {
+      l = loss.item<double>();
+      a = logits.argmax(1).eq(t.labels).to(torch::kDouble).mean().item<double>();
+    }
     train_seconds += std::chrono::duration<double>(Clock::now() - ts).count();
     tokens += t.real_tokens;
     loss_ema = std::isnan(loss_ema) ? l : 0.9 * loss_ema + 0.1 * l;
@@ -241,7 +301,7 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
     progress.update(step, loss_ema, acc_ema, tps);
     const bool at_eval = (cfg.eval_every > 0 && step % cfg.eval_every == 0) || step == cfg.steps;
     if (at_eval && !splits.val.examples.empty()) {
-      const EvalResult v = evaluate(model, splits.val, cfg.eval_batch);
+      const EvalResult v = evaluate(model, splits.val, cfg.eval_batch, dist);
       metrics.write(step, "val", {{"loss", v.loss}, {"accuracy", v.accuracy}});
       char line[160];
       std::snprintf(line, sizeof line, "step %lld: val loss %.4f, val accuracy %.4f", (long long)step, v.loss, v.accuracy);
@@ -251,19 +311,22 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
         if (!best_path.empty()) save_checkpoint(best_path, model, opt, step, best);
       }
     }
-    if (!latest.empty() && (at_eval || step == last)) save_checkpoint(latest, model, opt, step, best);
+    if (!save_path.empty() && (at_eval || step == last)) save_checkpoint(save_path, model, opt, step, best);
   }
   progress.finish();
+  res.comm_seconds = comm_seconds;
+  res.train_seconds = train_seconds;
   res.steps_done = step;
   res.best_val_accuracy = best;
   res.wall_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   res.tokens_per_second = tokens / std::max(train_seconds, 1e-9);
   if (step == cfg.steps) {
-    res.val = evaluate(model, splits.val, cfg.eval_batch);
-    res.test = evaluate(model, splits.test, cfg.eval_batch);
+    res.val = evaluate(model, splits.val, cfg.eval_batch, dist);
+    res.test = evaluate(model, splits.test, cfg.eval_batch, dist);
     metrics.write(step, "test", {{"loss", res.test.loss}, {"accuracy", res.test.accuracy}});
   }
   res.peak_memory_mib = peak_memory_mib();
+  if (dist) dist->barrier("the final barrier");  // rank 0's files are complete when any rank returns
   return res;
 }
 

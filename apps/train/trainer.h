@@ -4,12 +4,15 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "apps/data/dataset.h"
 #include "nn/encoder.h"
 
 namespace longattn::train {
+
+class Distributed;
 
 struct TrainConfig {
   nn::ModelConfig model;   // vocab_size, num_classes, max_len, paired, height, width come from the data
@@ -29,6 +32,10 @@ struct TrainConfig {
   bool resume = false;       // continue from out_dir/latest.ckpt
   int64_t stop_after = -1;   // stop (checkpointing) after this step, as if interrupted; -1: run to the end
   bool quiet = false;
+  // Data parallel (distributed.h): this process is one rank; `batch` stays the global batch, of which
+  // rank r takes rows [batch r / W, batch (r + 1) / W). nullptr: one process.
+  std::shared_ptr<Distributed> dist;
+  int64_t bucket_bytes = int64_t(25) << 20;  // gradient all-reduce bucket size
 };
 
 struct EvalResult {
@@ -44,6 +51,9 @@ struct TrainResult {
   int64_t parameters = 0;
   int threads = 0;  // the intra-op thread count the run used
   double final_train_loss = 0;
+  int world = 1;              // processes in the run
+  double comm_seconds = 0;    // of the training steps: time in the gradient all-reduce and parameter check
+  double train_seconds = 0;   // time in training steps (data, forward, backward, communication, update)
 };
 
 // Fills the data-dependent model fields from the splits.
@@ -51,7 +61,9 @@ void fit_model_to_data(nn::ModelConfig& m, const data::Splits& s);
 
 TrainResult train(const TrainConfig& cfg, const data::Splits& splits);
 
-EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batch);
+// With dist, each rank evaluates every W-th batch (in length order) and the sums are all-reduced, so
+// every rank returns the same result.
+EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batch, Distributed* dist = nullptr);
 
 // Loads a checkpoint written by train(): the model, rebuilt from the configuration stored in it.
 nn::Classifier load_model(const std::string& checkpoint_path);

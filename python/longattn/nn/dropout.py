@@ -1,10 +1,30 @@
 """Dropout on longattn.dropout: the twin of longattn::nn::Dropout in C++."""
+import contextlib
+
 import torch
 from torch import nn
 
 from .._dropout import dropout
 
-__all__ = ["Dropout"]
+__all__ = ["Dropout", "row_offset"]
+
+_GOLDEN = 0x9E3779B97F4A7C15  # the kernel's counter step (kernels/dropout/dropout.h)
+_row_offset = 0
+
+
+@contextlib.contextmanager
+def row_offset(first):
+    """Data-parallel training (the twin of C++ ``longattn::nn::DropoutRowOffset``): inside the block the
+    rows (dim 0) of every tensor Dropout sees are rows ``first``, ``first + 1``, ... of the global batch,
+    and get the masks one process running the whole batch would draw (the same seed, shifted by
+    ``first`` x elements per row; element i reads counter i // 4, so a multiple of 4 elements per row
+    is required). Every rank draws the same seeds when all start from the same ``torch.manual_seed``."""
+    global _row_offset
+    previous, _row_offset = _row_offset, int(first)
+    try:
+        yield
+    finally:
+        _row_offset = previous
 
 
 class Dropout(nn.Module):
@@ -27,4 +47,10 @@ class Dropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         seed = int(torch.randint(0, 2**62, (1,)).item())
+        if _row_offset and x.numel():
+            per_row = x.numel() // x.shape[0]
+            if per_row % 4:
+                raise ValueError(f"Dropout: data-parallel masks need a multiple of 4 elements per example, got {per_row}")
+            seed = (seed + (_row_offset * per_row // 4) * _GOLDEN) % 2**64
+            seed -= 2**64 if seed >= 2**63 else 0  # the operator takes a signed 64-bit seed
         return dropout(x, self.p, seed)
