@@ -39,6 +39,6 @@ from ._dropout import dropout  # noqa: E402
 from ._info import info  # noqa: E402
 from . import nn  # noqa: E402
 
-__all__ = ["softmax_attention", "kernelized_attention", "random_features", "feature_map", "toeplitz_matmul",
-           "toeplitz_matmul_2d", "kernelized_rpe_attention", "shatter_attention", "yoso_attention",
-           "yoso_expectation", "dropout", "nn", "info"]
+__all__ = ["softmax_attention", "kernelized_attention", "random_features", "feature_map",
+           "toeplitz_matmul", "toeplitz_matmul_2d", "kernelized_rpe_attention", "shatter_attention",
+           "yoso_attention", "yoso_expectation", "dropout", "nn", "info"]
