@@ -60,7 +60,7 @@ def main():
 
     print("== Python tests: pytest tests/python", flush=True)
     junit = os.path.join(results, "pytest.xml")
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"),
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), LONGATTN_BUILD=os.path.abspath(args.build),
                OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
     rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/python", f"--junitxml={junit}"], env=env)
     if rc not in (0, 5):  # 5: no tests collected (counted below as zero)
