@@ -33,7 +33,8 @@ def yoso_hash_bits(max_len):
     return min(12, max(4, round(math.log2(max(1, max_len)))))
 
 
-YOSO_HASHES = 16     # yoso: m
+YOSO_HASHES = 32     # yoso, yoso-c: m, with Hadamard hashing (the authors' layer)
+YOSO_CONV_WINDOW = 33  # yoso-c: the depthwise convolution's window
 SHATTER_PARTS = 4    # shatter: P value streams
 
 
@@ -97,17 +98,12 @@ class KernelizedCore(nn.Module):
                                     projection=self.omega.to(q.dtype), rel_bias=b)
 
 
-class YosoCore(nn.Module):
-    """YOSO (LSH sampling, surrogate backward) or YOSO-E, output L2-normalised per row
-    (longattn.nn.YOSOAttention: fresh hashes every training call, the fixed seed in eval)."""
-
-    def __init__(self, spec, expectation):
-        super().__init__()
-        self.yoso = YOSOAttention(spec.heads, yoso_hash_bits(spec.max_len), YOSO_HASHES, hashing="gaussian",
-                                  use_expectation=expectation, seed=spec.seed % (1 << 62))
-
-    def forward(self, q, k, v, key_mask):
-        return self.yoso(q, k, v, key_padding_mask=key_mask)
+def _yoso(spec, conv_window=None, expectation=False):
+    """YOSO (LSH sampling), YOSO-C (plus a depthwise convolution of the values) or YOSO-E, output
+    L2-normalised per row: longattn.nn.YOSOAttention itself, as the C++ registry registers
+    nn::YOSOAttention (fresh hashes every training call, the fixed seed in eval)."""
+    return YOSOAttention(spec.heads, yoso_hash_bits(spec.max_len), YOSO_HASHES, hashing="hadamard",
+                         conv_window=conv_window, use_expectation=expectation, seed=spec.seed % (1 << 62))
 
 
 class ShatterCore(nn.Module):
@@ -133,7 +129,8 @@ class ShatterCore(nn.Module):
         return y.repeat(1, 1, P).view(B, N, H, Dh).transpose(1, 2)
 
 
-# name -> (description, factory(spec) -> core); registration order as in C++.
+# name -> (description, factory(spec) -> core); names, descriptions and order as nn/attention.cpp
+# (tests/python/test_registry.py compares the two registries).
 ATTENTIONS = {
     "softmax": ("exact softmax attention", lambda s: SoftmaxCore(s, False)),
     "softmax-rpe": ("exact softmax attention with a learned relative-position bias per head",
@@ -145,9 +142,10 @@ ATTENTIONS = {
               lambda s: KernelizedCore(s, "favor")),
     "kernelized-rpe": ("random-feature attention with a learned relative-position encoding (Luo et al.)",
                        lambda s: KernelizedCore(s, "favor", rel_bias=True)),
-    "yoso": ("YOSO: Bernoulli sampling attention by LSH, 16 hashes of round(log2 N) bits (Zeng et al.)",
-             lambda s: YosoCore(s, False)),
-    "yoso-e": ("YOSO-E: the expectation of YOSO's estimator, O(N^2) (Zeng et al.)", lambda s: YosoCore(s, True)),
+    "yoso": ("YOSO: LSH Bernoulli sampling, linear (Zeng et al.), normalised output", lambda s: _yoso(s)),
+    "yoso-c": ("YOSO plus a depthwise convolution (window 33) of the values",
+               lambda s: _yoso(s, conv_window=YOSO_CONV_WINDOW)),
+    "yoso-e": ("YOSO-E: the expectation of YOSO, O(N^2)", lambda s: _yoso(s, expectation=True)),
     "shatter": ("Shatter: one head, 4 value streams over a soft partition of relative positions (Tian et al.)",
                 ShatterCore),
 }
