@@ -45,6 +45,12 @@ bool empty_problem(const at::Tensor& q, const at::Tensor& k) {
   return q.numel() == 0 || k.size(2) == 0;
 }
 
+// Nothing to compute: no query, no key or no value feature (Dv = 0: the kernels' chunking of the
+// value width would divide by it). Outputs and gradients are then all zero.
+bool nothing_flows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return empty_problem(q, k) || v.size(3) == 0;
+}
+
 // Codes [B, H, m, Nq] and [B, H, m, Nk] (int32, −1 for masked rows).
 std::tuple<at::Tensor, at::Tensor> hash_cpu(const at::Tensor& q, const at::Tensor& k,
                                             const OptTensor& mask, int64_t hash_bits,
@@ -67,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> hash_cpu(const at::Tensor& q, const at::Tenso
 at::Tensor forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const at::Tensor& q_codes, const at::Tensor& k_codes, int64_t hash_bits) {
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, v.options());
-  if (empty_problem(q, k)) return out.zero_();
+  if (nothing_flows(q, k, v)) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "yoso_forward", [&] {
     auto p = make_params<scalar_t>(q, k, v, c10::nullopt, hash_bits, q_codes.size(2), 0, 0);
     kernels::yoso_forward<scalar_t>(p, q_codes.data_ptr<int32_t>(), k_codes.data_ptr<int32_t>(),
@@ -85,7 +91,7 @@ Grads3 with_grads(const at::Tensor& grad_out, const at::Tensor& q, const at::Ten
   at::Tensor gq = at::empty(q.sizes(), q.options());
   at::Tensor gk = at::empty(k.sizes(), k.options());
   at::Tensor gv = at::empty(v.sizes(), v.options());
-  if (empty_problem(q, k)) {
+  if (nothing_flows(q, k, v)) {
     gq.zero_(), gk.zero_(), gv.zero_();
     return {gq, gk, gv};
   }
@@ -114,7 +120,7 @@ Grads3 backward_lsh_cpu(const at::Tensor& grad_out, const at::Tensor& q, const a
 at::Tensor expectation_forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const OptTensor& mask, int64_t hash_bits) {
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, v.options());
-  if (empty_problem(q, k)) return out.zero_();
+  if (nothing_flows(q, k, v)) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "yoso_expectation_forward", [&] {
     auto p = make_params<scalar_t>(q, k, v, mask, hash_bits, 1, 0, 0);
     kernels::yoso_expectation_forward<scalar_t>(p, bhnd<scalar_t>(out));

@@ -215,8 +215,8 @@ int run_bench(const Args& args) {
                {"dtype", "float32 or float64 (default float32)"},
                {"max-gib", "skip cases whose estimated working set exceeds this (default 16)"},
                {"json", "write results as JSON to this file (default: none)"},
-               {"md", "write the Markdown table to this file (default: none)"}},
-              {"quick", "the suites' small grids"}, {"list", "list the suites and cases, run nothing"}},
+               {"md", "write the Markdown table to this file (default: none)"},
+               {"quick", "the suites' small grids"}, {"list", "list the suites and cases, run nothing"}},
               {"quick", "list"});
   if (app::wants_help(args)) {
     std::cout << "usage: longattn bench [flags]\n" << flags.help();
