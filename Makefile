@@ -3,13 +3,17 @@
 SHELL := /bin/bash
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+# The aarch64 cross build (kernels and their tests, run under qemu-user), made when the cross
+# compiler and qemu are there (scripts/setup_env.sh installs them).
+ARM_BUILD ?= build-aarch64
+HAVE_ARM_CROSS = $(shell command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 && command -v qemu-aarch64-static >/dev/null 2>&1 && echo yes)
 JOBS ?= 2
 PY := .venv/bin/python
 CCACHE := $(shell command -v ccache 2>/dev/null)
 LAUNCHER := $(if $(CCACHE),-DCMAKE_CXX_COMPILER_LAUNCHER=$(CCACHE),)
 export CCACHE_BASEDIR := $(CURDIR)
 
-.PHONY: all setup build build-asan test fuzz demo bench clean
+.PHONY: all setup build build-asan build-aarch64 test fuzz demo bench clean
 
 all: build
 
@@ -30,8 +34,16 @@ $(ASAN_BUILD)/build.ninja: | setup
 build-asan: setup $(ASAN_BUILD)/build.ninja
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
-test: build build-asan
-	@$(PY) scripts/run_tests.py --build $(BUILD) --asan-build $(ASAN_BUILD)
+$(ARM_BUILD)/build.ninja: | setup
+	cmake -S . -B $(ARM_BUILD) -G Ninja $(LAUNCHER) -DCMAKE_TOOLCHAIN_FILE=cmake/toolchain-aarch64.cmake
+
+build-aarch64: setup
+	@if [ "$(HAVE_ARM_CROSS)" = yes ]; then \
+	  $(MAKE) --no-print-directory $(ARM_BUILD)/build.ninja && cmake --build $(ARM_BUILD) -j $(JOBS); \
+	else echo "aarch64 cross tools (g++-aarch64-linux-gnu, qemu-user-static) not found: no aarch64 build"; fi
+
+test: build build-asan build-aarch64
+	@$(PY) scripts/run_tests.py --build $(BUILD) --asan-build $(ASAN_BUILD) --aarch64-build $(ARM_BUILD)
 
 # Long property-based runs: every operator (tests/python/test_properties.py) and the tool's flags
 # (tests/python/test_cli.py) under the random "fuzz" profile: FUZZ_EXAMPLES examples per operator
@@ -50,4 +62,4 @@ bench: build
 	@bash scripts/bench_all.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) python/longattn/_lib
+	rm -rf $(BUILD) $(ASAN_BUILD) $(ARM_BUILD) python/longattn/_lib

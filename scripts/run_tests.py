@@ -1,4 +1,5 @@
-"""Runs every test (C++ through CTest, with and without sanitizers; Python through pytest)
+"""Runs every test (C++ through CTest, with and without sanitizers, and the aarch64 cross build's
+kernel tests under qemu-user when that build exists; Python through pytest)
 and ends with one summary line `N passed, N failed`."""
 import argparse
 import glob
@@ -40,6 +41,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
     ap.add_argument("--asan-build", default="build-asan")
+    ap.add_argument("--aarch64-build", default="build-aarch64")
     args = ap.parse_args()
     os.chdir(ROOT)
     results = os.path.join(args.build, "test-results")
@@ -57,6 +59,12 @@ def main():
         xmls += files
         if rc:
             failures.append("ctest (asan-ubsan)")
+
+    if os.path.isfile(os.path.join(args.aarch64_build, "CTestTestfile.cmake")):
+        rc, files = run_ctest(args.aarch64_build, results, "aarch64-qemu")
+        xmls += files
+        if rc:
+            failures.append("ctest (aarch64 under qemu)")
 
     print("== Python tests: pytest tests/python", flush=True)
     junit = os.path.join(results, "pytest.xml")

@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_pkgs=(cmake ninja-build g++ make libgtest-dev libopenblas-pthread-dev libtcmalloc-minimal4 libgloo-dev ccache zlib1g-dev python3-venv
-          dataset-fashion-mnist)
+          dataset-fashion-mnist
+          g++-aarch64-linux-gnu qemu-user-static googletest)  # aarch64 kernel tests: cross build, qemu-user
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -43,6 +43,27 @@ TEST(Dispatch, BestLevelMatchesTheCpu) {
 #endif
 }
 
+// Where the CPU is known (the baseline-CPU test runs this binary under qemu-x86_64 -cpu qemu64,
+// a model without AVX, and names the level it must get), the level chosen is that one and every
+// level above it is refused: a default build then runs, correctly, on a CPU without AVX.
+TEST(Dispatch, ExpectedLevelOnAKnownCpu) {
+  const char* expect = std::getenv("LONGATTN_EXPECT_BEST");
+  if (!expect || !*expect) GTEST_SKIP() << "LONGATTN_EXPECT_BEST not set (the CPU is not known)";
+  Isa want;
+  ASSERT_TRUE(isa_from_name(expect, &want)) << expect;
+  EXPECT_EQ(isa_best(), want) << "chose " << isa_name(isa_best());
+  EXPECT_EQ(isa_active(), want) << "active " << isa_name(isa_active());
+  IsaGuard guard;
+  bool above = false;  // isa_compiled() lists the levels lowest first
+  for (Isa l : isa_compiled()) {
+    const bool skip = !above;
+    above = above || l == want;
+    if (skip) continue;
+    EXPECT_FALSE(isa_supported(l)) << isa_name(l);
+    EXPECT_THROW(set_isa(l), std::invalid_argument) << isa_name(l);
+  }
+}
+
 TEST(Dispatch, DefaultIsBestUnlessTheEnvironmentForcesOne) {
   const char* env = std::getenv("LONGATTN_ISA");
   Isa forced;
