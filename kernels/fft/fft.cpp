@@ -380,9 +380,9 @@ void inverse_product(const Plan<T>& p, T* data, const T* z, bool conjugate, int6
   template void forward_padded<T, W>(const Plan<T>&, T*, int64_t); \
   template void inverse_product<T, W>(const Plan<T>&, T*, const T*, bool, int64_t);
 LONGATTN_FFT_INSTANTIATE(float, 1)
-LONGATTN_FFT_INSTANTIATE(float, 16)
+LONGATTN_FFT_INSTANTIATE(float, kLanes<float>)
 LONGATTN_FFT_INSTANTIATE(double, 1)
-LONGATTN_FFT_INSTANTIATE(double, 8)
+LONGATTN_FFT_INSTANTIATE(double, kLanes<double>)
 #undef LONGATTN_FFT_INSTANTIATE
 
 }  // namespace fft

@@ -27,9 +27,16 @@ namespace longattn::kernels {
 LONGATTN_ISA_BEGIN
 namespace fft {
 
-// Lanes per SIMD vector (64 bytes: one AVX-512 register, or two AVX2 ones).
+// Channels per butterfly vector: one register of the level (64 bytes with AVX-512, 32 otherwise).
+// Wider than the registers, the radix-4 butterflies' 16 live vectors spill (with AVX2, 64-byte
+// vectors made the FFT ~5x slower than this).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
 template <class T>
-constexpr int kLanes = static_cast<int>(64 / sizeof(T));
+constexpr int kLanes = static_cast<int>(kVectorBytes / sizeof(T));
 
 // Smallest length of the form 2^k or 3 * 2^k that is >= n (n >= 1).
 int64_t fast_length(int64_t n);

@@ -56,14 +56,14 @@ void check_against_naive(int64_t n, double tol) {
 TEST(Fft, MatchesNaiveDftDouble) {
   for (int64_t n : {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 512, 768, 2048}) {
     check_against_naive<double, 1>(n, 2e-12);
-    check_against_naive<double, 8>(n, 2e-12);
+    check_against_naive<double, fft::kLanes<double>>(n, 2e-12);
   }
 }
 
 TEST(Fft, MatchesNaiveDftFloat) {
   for (int64_t n : {1, 2, 3, 8, 12, 64, 256, 768, 1024}) {
     check_against_naive<float, 1>(n, 2e-5);
-    check_against_naive<float, 16>(n, 2e-5);
+    check_against_naive<float, fft::kLanes<float>>(n, 2e-5);
   }
 }
 
@@ -86,7 +86,7 @@ TEST(Fft, OrderIsAPermutation) {
 // (a naive DFT would be too slow), and a single impulse, whose spectrum is known exactly.
 TEST(Fft, LargeRoundTripAndImpulse) {
   for (int64_t n : {int64_t{1} << 15, int64_t{3} << 14}) {
-    constexpr int W = 8;
+    constexpr int W = fft::kLanes<double>;
     auto plan = fft::plan<double>(n);
     std::vector<double> buf(n * 2 * W, 0.0);
     const int64_t t0 = 12345;
@@ -114,7 +114,7 @@ TEST(Fft, LargeRoundTripAndImpulse) {
 // inverse, on the outputs that are kept. Power-of-two sizes above and below the depth-first
 // threshold, and 3 * 2^k. Double; identical arithmetic up to rounding (1e-9 relative to n).
 TEST(Fft, PaddedForwardAndInverseProduct) {
-  constexpr int W = 8;
+  constexpr int W = fft::kLanes<double>;
   for (int64_t n : {16, 64, 2048, 8192, 6144}) {
     auto plan = fft::plan<double>(n);
     const int64_t valid = n / 2 - 3, keep = n / 2;
