@@ -12,6 +12,7 @@
 #include "apps/train/checkpoint_file.h"
 #include "apps/train/distributed.h"
 #include "apps/train/progress.h"
+#include "kernels/common/cpu_features.h"
 
 namespace longattn::train {
 namespace {
@@ -225,11 +226,13 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
     std::ostringstream s;
     s << "model: " << mc.attention << (mc.fastrpb != "none" ? " + FastRPB " + mc.fastrpb : "") << ", " << mc.layers
       << " layers, dim " << mc.dim << ", " << mc.heads << " heads, ffn " << mc.ffn << ", max_len " << mc.max_len << ": "
-      << res.parameters << " parameters; " << procs << res.threads << " threads";
+      << res.parameters << " parameters; " << procs << res.threads << " threads; kernels "
+      << kernels::isa_name(kernels::isa_active());
     progress.line(s.str());
   }
   if (cfg.resume && !quiet)
-    progress.line("resumed at step " + std::to_string(step) + "; " + procs + std::to_string(res.threads) + " threads");
+    progress.line("resumed at step " + std::to_string(step) + "; " + procs + std::to_string(res.threads) +
+                  " threads; kernels " + kernels::isa_name(kernels::isa_active()));
 
   data::EpochOrder order(splits.train.size(), cfg.batch, cfg.seed, cfg.bucket,
                          cfg.bucket > 1 ? example_lengths(splits.train) : std::vector<int64_t>{});
