@@ -29,11 +29,14 @@ struct ToolRun {
 // of output as it comes (the first is the launcher's pids).
 template <class F>
 ToolRun train_tool(const std::string& extra, F&& on_line) {
+  // The tool refuses a flag given twice: `extra` may set its own evaluation and log rates.
+  const std::string rates =
+      extra.find("--eval-every") == std::string::npos ? "--eval-every 10 --log-every 1000 " : "";
   const std::string cmd = std::string(LONGATTN_TOOL) +
                           " train --task detect --task-options 'length=24 classes=4 noise=8 n_train=512 n_val=128 "
                           "n_test=128 seed=1' --layers 1 --dim 32 --heads 2 --ffn 64 --dropout 0.1 --batch 16 "
-                          "--lr 3e-3 --warmup 5 --eval-every 10 --log-every 1000 " +
-                          extra + " 2>&1";
+                          "--lr 3e-3 --warmup 5 " +
+                          rates + extra + " 2>&1";
   ToolRun r;
   const auto t0 = std::chrono::steady_clock::now();
   FILE* p = ::popen(cmd.c_str(), "r");
