@@ -53,9 +53,10 @@ void check_shape(const char* op, const char* name, const at::Tensor& t,
 }
 
 void check_float_dtype(const char* op, const char* name, const at::Tensor& t) {
-  if (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble) {
+  const at::ScalarType d = t.scalar_type();
+  if (d != at::kFloat && d != at::kDouble && d != at::kBFloat16 && d != at::kHalf) {
     std::ostringstream s;
-    s << name << " must be float32 or float64, got " << t.scalar_type();
+    s << name << " must be float32, float64, bfloat16 or float16, got " << d;
     fail(op, s.str());
   }
 }
@@ -66,6 +67,23 @@ void check_same_dtype_device(const char* op, const char* ref_name, const at::Ten
     std::ostringstream s;
     s << name << " must have the dtype of " << ref_name << " (" << ref.scalar_type() << "), got "
       << t.scalar_type();
+    fail(op, s.str());
+  }
+  if (t.device() != ref.device()) {
+    std::ostringstream s;
+    s << name << " must be on the device of " << ref_name << " (" << ref.device() << "), got "
+      << t.device();
+    fail(op, s.str());
+  }
+}
+
+void check_param_dtype_device(const char* op, const char* ref_name, const at::Tensor& ref,
+                              const char* name, const at::Tensor& t) {
+  const bool half_ref = ref.scalar_type() == at::kBFloat16 || ref.scalar_type() == at::kHalf;
+  if (t.scalar_type() != ref.scalar_type() && !(half_ref && t.scalar_type() == at::kFloat)) {
+    std::ostringstream s;
+    s << name << " must have the dtype of " << ref_name << " (" << ref.scalar_type() << ")"
+      << (half_ref ? " or float32" : "") << ", got " << t.scalar_type();
     fail(op, s.str());
   }
   if (t.device() != ref.device()) {

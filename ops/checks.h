@@ -31,6 +31,11 @@ void check_shape(const char* op, const char* name, const at::Tensor& t,
 void check_float_dtype(const char* op, const char* name, const at::Tensor& t);
 void check_same_dtype_device(const char* op, const char* ref_name, const at::Tensor& ref,
                              const char* name, const at::Tensor& t);
+// A learned parameter given with data (a bias, Toeplitz coefficients, partition weights, a
+// projection): the dtype of `ref`, or float32 where `ref` is bfloat16/float16 (as a model's
+// float32 parameters meet half-precision activations under autocast); the device of `ref`.
+void check_param_dtype_device(const char* op, const char* ref_name, const at::Tensor& ref,
+                              const char* name, const at::Tensor& t);
 void check_cpu(const char* op, const at::Tensor& t);
 
 // A [B, N] boolean key mask (True = takes part).

@@ -62,4 +62,27 @@ double logit_scale(const char* op, c10::optional<double> scale, const c10::SymIn
 // Empty [sizes] tensors with t's options: for Meta kernels, whose sizes may be symbols.
 at::Tensor empty_like_sizes(const at::Tensor& t, c10::SymIntArrayRef sizes);
 
+// bfloat16 and float16. The kernels compute and accumulate in float32 (or float64) only, so a CPU
+// kernel given half-precision tensors calls itself on float32 copies made for that call and
+// returns its results in the callers' dtypes. What autograd saves stays in the half dtype (half
+// the memory of float32) except the per-row statistics that backward reads (log-sum-exps,
+// denominators, stabiliser shifts): rounding them to 8 bits of mantissa would cost percents of
+// accuracy, so they are float32 (`stat_dtype`), and the Meta kernels say so.
+inline bool is_half(const at::Tensor& t) {
+  return t.defined() && (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf);
+}
+inline bool is_half(const OptTensor& t) { return given(t) && is_half(*t); }
+// t in float32 if it is half precision; otherwise t itself.
+inline at::Tensor to_float32(const at::Tensor& t) { return is_half(t) ? t.to(at::kFloat) : t; }
+inline OptTensor to_float32(const OptTensor& t) { return is_half(t) ? OptTensor(t->to(at::kFloat)) : t; }
+// A result computed in float32 returned in the dtype of `like` (undefined stays undefined).
+inline at::Tensor as_dtype_of(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() && like.defined() && t.scalar_type() != like.scalar_type() ? t.to(like.scalar_type()) : t;
+}
+inline at::Tensor as_dtype_of(const at::Tensor& t, const OptTensor& like) {
+  return given(like) ? as_dtype_of(t, *like) : t;
+}
+// The dtype of a per-row statistic computed from t: float32 for half precision, else t's.
+inline at::ScalarType stat_dtype(const at::Tensor& t) { return is_half(t) ? at::kFloat : t.scalar_type(); }
+
 }  // namespace longattn::ops

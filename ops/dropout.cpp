@@ -18,6 +18,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
 at::Tensor dropout_apply(const at::Tensor& x, double p, int64_t seed) {
+  // Half precision: the same mask, the scaling in float32 (ops/common.h).
+  if (is_half(x)) return as_dtype_of(dropout_apply(to_float32(x), p, seed), x);
   at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options());
   if (y.numel() == 0) return y;

@@ -64,6 +64,11 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Te
                                                const at::Tensor& v, const OptTensor& mask,
                                                const OptTensor& projection,
                                                int64_t feature_map, bool causal, double eps) {
+  if (is_half(q)) {  // computed in float32 (ops/common.h); the inverse denominators stay float32
+    auto [out, inv] = forward_cpu(to_float32(q), to_float32(k), to_float32(v), mask, to_float32(projection),
+                                  feature_map, causal, eps);
+    return {as_dtype_of(out, v), inv};
+  }
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Dv = v.size(3);
   at::Tensor out = at::empty({B, H, Nq, Dv}, v.options());
   at::Tensor inv = at::empty({B, H, Nq}, q.options());
@@ -84,6 +89,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& inv_denom, const OptTensor& mask,
     const OptTensor& projection, int64_t feature_map, bool causal, double eps) {
+  if (is_half(q)) {  // computed in float32 (ops/common.h), returned in the inputs' dtypes
+    auto [gq, gk, gv] = backward_cpu(to_float32(grad_out), to_float32(q), to_float32(k), to_float32(v),
+                                     to_float32(out), inv_denom, mask, to_float32(projection), feature_map,
+                                     causal, eps);
+    return {as_dtype_of(gq, q), as_dtype_of(gk, k), as_dtype_of(gv, v)};
+  }
   at::Tensor gq = at::empty(q.sizes(), q.options());
   at::Tensor gk = at::empty(k.sizes(), k.options());
   at::Tensor gv = at::empty(v.sizes(), v.options());
@@ -114,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor> forward_meta(const at::Tensor& q, const at::T
                                                 const OptTensor& /*projection*/, int64_t /*feature_map*/,
                                                 bool /*causal*/, double /*eps*/) {
   return {empty_like_sizes(v, {q.sym_size(0), q.sym_size(1), q.sym_size(2), v.sym_size(3)}),
-          empty_like_sizes(q, {q.sym_size(0), q.sym_size(1), q.sym_size(2)})};
+          at::empty_symint({q.sym_size(0), q.sym_size(1), q.sym_size(2)}, q.options().dtype(stat_dtype(q)))};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_meta(
@@ -168,7 +179,7 @@ void check_projection(const at::Tensor& q, const OptTensor& projection,
     fail(kOp, "feature_map='favor' needs projection [m, D] or [H, m, D] with D = " + str(D) +
                   " (see longattn.random_features)");
   const at::Tensor& w = *projection;
-  check_same_dtype_device(kOp, "q", q, "projection", w);
+  check_param_dtype_device(kOp, "q", q, "projection", w);
   if (w.dim() == 2) {
     check_shape(kOp, "projection", w, {-1, D}, "[m, D]");
   } else if (w.dim() == 3) {
@@ -209,6 +220,10 @@ bool row_masked(const OptTensor& mask, int64_t b, int64_t j) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_map_forward_cpu(
     const at::Tensor& x, c10::string_view feature_map, const OptTensor& projection,
     const OptTensor& mask) {
+  if (is_half(x)) {  // computed in float32 (ops/common.h); phi in x's dtype, the shift float32
+    auto [phi, shift, argmax] = feature_map_forward_cpu(to_float32(x), feature_map, to_float32(projection), mask);
+    return {as_dtype_of(phi, x), shift, argmax};
+  }
   const auto f = parse_feature_map(std::string(feature_map));
   const int64_t B = x.size(0), H = x.size(1), N = x.size(2), m = feature_dim(x, projection);
   at::Tensor phi = at::zeros({B, H, N, m}, x.options());
@@ -242,6 +257,10 @@ at::Tensor feature_map_backward_cpu(const at::Tensor& grad_phi, const at::Tensor
                                     const at::Tensor& x, const at::Tensor& phi,
                                     const at::Tensor& argmax, c10::string_view feature_map,
                                     const OptTensor& projection, const OptTensor& mask) {
+  if (is_half(x))  // computed in float32 (ops/common.h), returned in x's dtype
+    return as_dtype_of(feature_map_backward_cpu(to_float32(grad_phi), to_float32(grad_shift), to_float32(x),
+                                                to_float32(phi), argmax, feature_map, to_float32(projection), mask),
+                       x);
   const auto f = parse_feature_map(std::string(feature_map));
   const int64_t B = x.size(0), H = x.size(1), N = x.size(2), D = x.size(3), m = phi.size(3);
   at::Tensor gx = at::zeros({B, H, N, D}, x.options());
@@ -274,7 +293,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> feature_map_forward_meta(
     const OptTensor& /*mask*/) {
   const c10::SymInt m = projection && projection->defined() ? projection->sym_size(-2) : x.sym_size(3);
   const c10::SymInt B = x.sym_size(0), H = x.sym_size(1), N = x.sym_size(2);
-  return {empty_like_sizes(x, {B, H, N, m}), empty_like_sizes(x, {B, H, N}),
+  return {empty_like_sizes(x, {B, H, N, m}), at::empty_symint({B, H, N}, x.options().dtype(stat_dtype(x))),
           at::empty_symint({B, H, N}, x.options().dtype(at::kInt))};
 }
 
@@ -307,7 +326,7 @@ class FeatureMapFunction : public torch::autograd::Function<FeatureMapFunction> 
     auto s = ctx->get_saved_variables();
     auto opt = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; };
     at::Tensor gphi = grads[0].defined() ? grads[0] : at::zeros_like(s[1]);
-    at::Tensor gshift = grads[1].defined() ? grads[1] : at::zeros(s[2].sizes(), s[1].options());
+    at::Tensor gshift = grads[1].defined() ? grads[1] : at::zeros(s[2].sizes(), s[1].options().dtype(stat_dtype(s[1])));
     // feature_map_backward wants the TOTAL derivative with respect to the shift c, and phi =
     // phi(x) e^{-c} depends on c too (d phi / d c = -phi).
     gshift = gshift - (gphi * s[1]).sum(-1);
@@ -380,7 +399,7 @@ at::Tensor kernelized_attention_impl(const at::Tensor& q, const at::Tensor& k,
   if (given(projection)) proj = projection->detach().contiguous();
   if (given(rel_bias)) {
     check_square(kOp, "rel_bias", n.Nq, n.Nk);
-    check_same_dtype_device(kOp, "q", q, "rel_bias", *rel_bias);
+    check_param_dtype_device(kOp, "q", q, "rel_bias", *rel_bias);
     check_rank(kOp, "rel_bias", *rel_bias, 2, "[H, 2N-1]");
     check_shape(kOp, "rel_bias", *rel_bias, {n.H, offsets_len(n.Nq)}, "[H, 2N-1]");
     return rel_bias_path(q, k, v, feature_map, causal, mask, proj, *rel_bias, eps);
@@ -422,8 +441,8 @@ RandomFeaturesOutput check_random_features(int64_t m, int64_t d, c10::string_vie
   else if (scaling == "sqrt_d") sc = kernels::RandomFeatureScaling::sqrt_d;
   else fail(op, "unknown scaling '" + scaling + "'; known: 'chi', 'sqrt_d'");
   const at::ScalarType st = dtype.value_or(at::kFloat);
-  if (st != at::kFloat && st != at::kDouble)
-    fail(op, std::string("dtype must be float32 or float64, got ") + c10::toString(st));
+  if (st != at::kFloat && st != at::kDouble && st != at::kBFloat16 && st != at::kHalf)
+    fail(op, std::string("dtype must be float32, float64, bfloat16 or float16, got ") + c10::toString(st));
   return {heads ? std::vector<int64_t>{*heads, m, d} : std::vector<int64_t>{m, d}, st, sc};
 }
 
@@ -431,6 +450,9 @@ at::Tensor random_features_impl(int64_t m, int64_t d, int64_t seed, bool orthogo
                                 c10::string_view scaling, c10::optional<int64_t> heads,
                                 c10::optional<at::ScalarType> dtype) {
   const RandomFeaturesOutput o = check_random_features(m, d, scaling, heads, dtype);
+  // Half precision: the float32 features rounded (the same draws as for float32).
+  if (o.dtype == at::kBFloat16 || o.dtype == at::kHalf)
+    return random_features_impl(m, d, seed, orthogonal, scaling, heads, at::kFloat).to(o.dtype);
   at::Tensor w = at::empty(o.sizes, at::TensorOptions().dtype(o.dtype));
   AT_DISPATCH_FLOATING_TYPES(o.dtype, "random_features", [&] {
     kernels::random_features<scalar_t>(m, d, static_cast<uint64_t>(seed), orthogonal, o.scaling,

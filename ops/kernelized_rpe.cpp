@@ -56,6 +56,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     const at::Tensor& fq, const at::Tensor& fk, const at::Tensor& v, const at::Tensor& b,
     const OptTensor& key_log_scale, const OptTensor& eps_log_scale, const OptTensor& mask,
     bool causal, double eps) {
+  if (is_half(fq)) {  // computed in float32 (ops/common.h); den stays float32
+    auto [out, den, direct] = forward_cpu(to_float32(fq), to_float32(fk), to_float32(v), to_float32(b),
+                                          to_float32(key_log_scale), to_float32(eps_log_scale), mask, causal, eps);
+    return {as_dtype_of(out, v), den, direct};
+  }
+  // Every finite bias is exact (the kernel detrends it and resolves each row at its own
+  // scale); -inf is an offset that takes no part. NaN and +inf have no meaning as a weight.
+  // Checked here, on real values, not in the composite: a data-dependent check there would
+  // stop torch.compile.
+  const at::Tensor bad = b.isnan().logical_or(b == INFINITY);
+  if (bad.any().item<bool>())
+    fail(kOp, "rel_bias must be finite or -inf (an offset that takes no part), got " +
+                  std::to_string(bad.sum().item<int64_t>()) + " NaN or +inf values");
   const int64_t B = fq.size(0), H = fq.size(1), N = fq.size(2), Dv = v.size(3);
   at::Tensor out = at::zeros({B, H, N, Dv}, v.options());
   at::Tensor den = at::zeros({B, H, N}, v.options());
@@ -74,6 +87,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& b, const OptTensor& key_log_scale, const OptTensor& eps_log_scale,
     const at::Tensor& out, const at::Tensor& den, const at::Tensor& direct, const OptTensor& mask,
     bool causal, double eps) {
+  if (is_half(fq)) {  // computed in float32 (ops/common.h), returned in the inputs' dtypes
+    auto [gq, gk, gv, gb, gl, gm] =
+        backward_cpu(to_float32(grad_out), to_float32(fq), to_float32(fk), to_float32(v), to_float32(b),
+                     to_float32(key_log_scale), to_float32(eps_log_scale), to_float32(out), den, direct, mask,
+                     causal, eps);
+    // The log-scales' gradients stay float32 (stat_dtype), as the log-scales themselves.
+    return {as_dtype_of(gq, fq), as_dtype_of(gk, fk), as_dtype_of(gv, v), as_dtype_of(gb, b), gl, gm};
+  }
   at::Tensor gq = at::zeros(fq.sizes(), fq.options());
   at::Tensor gk = at::zeros(fk.sizes(), fk.options());
   at::Tensor gv = at::zeros(v.sizes(), v.options());
@@ -106,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_meta(
     const OptTensor& /*key_log_scale*/, const OptTensor& /*eps_log_scale*/, const OptTensor& /*mask*/,
     bool /*causal*/, double /*eps*/) {
   const c10::SymInt B = fq.sym_size(0), H = fq.sym_size(1), N = fq.sym_size(2);
-  return {empty_like_sizes(v, {B, H, N, v.sym_size(3)}), empty_like_sizes(v, {B, H, N}),
+  return {empty_like_sizes(v, {B, H, N, v.sym_size(3)}), at::empty_symint({B, H, N}, v.options().dtype(stat_dtype(v))),
           at::empty_symint({B, H, N}, v.options().dtype(at::kByte))};
 }
 
@@ -118,7 +139,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const c10::SymInt B = fq.sym_size(0), H = fq.sym_size(1), N = fq.sym_size(2);
   return {empty_like_sizes(fq, fq.sym_sizes()), empty_like_sizes(fk, fk.sym_sizes()),
           empty_like_sizes(v, v.sym_sizes()),   empty_like_sizes(b, b.sym_sizes()),
-          empty_like_sizes(fq, {B, H, N}),      empty_like_sizes(fq, {B, H, N})};
+          at::empty_symint({B, H, N}, fq.options().dtype(stat_dtype(fq))),
+          at::empty_symint({B, H, N}, fq.options().dtype(stat_dtype(fq)))};
 }
 
 class KernelizedRpeFunction : public torch::autograd::Function<KernelizedRpeFunction> {
@@ -157,12 +179,6 @@ at::Tensor kernelized_rpe_from_features(const at::Tensor& phi_q, const at::Tenso
                                         bool causal, const OptTensor& key_padding_mask,
                                         double eps, const OptTensor& key_log_scale,
                                         const OptTensor& eps_log_scale) {
-  // Every finite bias is exact (the kernel detrends it and resolves each row at its own
-  // scale); -inf is an offset that takes no part. NaN and +inf have no meaning as a weight.
-  const at::Tensor bad = rel_bias.isnan().logical_or(rel_bias == INFINITY);
-  if (bad.any().item<bool>())
-    fail(kOp, "rel_bias must be finite or -inf (an offset that takes no part), got " +
-                  std::to_string(bad.sum().item<int64_t>()) + " NaN or +inf values");
   OptTensor mask, kls, els;
   if (key_padding_mask && key_padding_mask->defined()) mask = key_padding_mask->contiguous();
   if (key_log_scale && key_log_scale->defined()) kls = key_log_scale->contiguous();
@@ -183,7 +199,7 @@ at::Tensor kernelized_rpe_impl(const at::Tensor& phi_q, const at::Tensor& phi_k,
   check_float_dtype(kOp, "phi_q", phi_q);
   check_same_dtype_device(kOp, "phi_q", phi_q, "phi_k", phi_k);
   check_same_dtype_device(kOp, "phi_q", phi_q, "v", v);
-  check_same_dtype_device(kOp, "phi_q", phi_q, "rel_bias", rel_bias);
+  check_param_dtype_device(kOp, "phi_q", phi_q, "rel_bias", rel_bias);
   check_cpu(kOp, phi_q);
   const c10::SymInt B = phi_q.sym_size(0), H = phi_q.sym_size(1), N = phi_q.sym_size(2);
   check_shape(kOp, "phi_k", phi_k, {B, H, N, phi_q.sym_size(3)}, "[B, H, N, m] (as phi_q: Nq == Nk)");

@@ -12,11 +12,12 @@ namespace longattn::ops {
 // Returns x itself without a mask; differentiable (masked rows get zero gradient).
 inline at::Tensor zero_masked_rows(const at::Tensor& x, const c10::optional<at::Tensor>& mask, int64_t seq_dim) {
   // No data-dependent shortcut (such as skipping an all-true mask): it would stop torch.compile.
-  if (!mask || !mask->defined() || x.numel() == 0) return x;
-  std::vector<int64_t> shape(size_t(x.dim()), 1);
-  shape[0] = mask->size(0);
-  shape[size_t(seq_dim)] = mask->size(1);
-  return x.masked_fill(mask->logical_not().view(shape), 0);
+  // Sizes as symbols: under torch.compile they may not be concrete (and an empty x needs no case).
+  if (!mask || !mask->defined()) return x;
+  std::vector<c10::SymInt> shape(size_t(x.dim()), 1);
+  shape[0] = mask->sym_size(0);
+  shape[size_t(seq_dim)] = mask->sym_size(1);
+  return x.masked_fill(mask->logical_not().view_symint(shape), 0);
 }
 
 }  // namespace longattn::ops

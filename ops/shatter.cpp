@@ -54,6 +54,11 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Te
                                                const at::Tensor& v, const at::Tensor& partition,
                                                const OptTensor& mask, int64_t activation,
                                                bool causal, double scale) {
+  if (is_half(q)) {  // computed in float32 (ops/common.h); lse stays float32
+    auto [out, lse] = forward_cpu(to_float32(q), to_float32(k), to_float32(v), to_float32(partition), mask,
+                                  activation, causal, scale);
+    return {as_dtype_of(out, v), lse};
+  }
   const int64_t B = q.size(0), N = q.size(1), Dv = v.size(3);
   at::Tensor out = at::empty({B, N, Dv}, v.options());
   at::Tensor lse = at::empty({B, N}, q.options());
@@ -73,6 +78,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& partition, const at::Tensor& out, const at::Tensor& lse, const OptTensor& mask,
     int64_t activation, bool causal, double scale) {
+  if (is_half(q)) {  // computed in float32 (ops/common.h), returned in the inputs' dtypes
+    auto [gq, gk, gv, gp] = backward_cpu(to_float32(grad_out), to_float32(q), to_float32(k), to_float32(v),
+                                         to_float32(partition), to_float32(out), lse, mask, activation, causal, scale);
+    return {as_dtype_of(gq, q), as_dtype_of(gk, k), as_dtype_of(gv, v), as_dtype_of(gp, partition)};
+  }
   at::Tensor gq = at::empty(q.sizes(), q.options());
   at::Tensor gk = at::empty(k.sizes(), k.options());
   at::Tensor gv = at::empty(v.sizes(), v.options());
@@ -103,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor> forward_meta(const at::Tensor& q, const at::T
                                                 const OptTensor& /*mask*/, int64_t /*activation*/,
                                                 bool /*causal*/, double /*scale*/) {
   return {empty_like_sizes(v, {q.sym_size(0), q.sym_size(1), v.sym_size(3)}),
-          empty_like_sizes(q, {q.sym_size(0), q.sym_size(1)})};
+          at::empty_symint({q.sym_size(0), q.sym_size(1)}, q.options().dtype(stat_dtype(q)))};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_meta(
@@ -152,7 +162,7 @@ at::Tensor shatter_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
   check_float_dtype(kOp, "q", q);
   check_same_dtype_device(kOp, "q", q, "k", k);
   check_same_dtype_device(kOp, "q", q, "v", v);
-  check_same_dtype_device(kOp, "q", q, "partition", partition);
+  check_param_dtype_device(kOp, "q", q, "partition", partition);
   check_cpu(kOp, q);
   const c10::SymInt B = q.sym_size(0), N = q.sym_size(1), D = q.sym_size(2);
   check_shape(kOp, "k", k, {B, N, D}, "[B, N, D]");

@@ -41,6 +41,10 @@ kernels::SoftmaxAttentionParams<T> make_params(const at::Tensor& q, const at::Te
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Tensor& k,
                                                const at::Tensor& v, const OptTensor& mask,
                                                const OptTensor& bias, bool causal, double scale) {
+  if (is_half(q)) {  // computed in float32 (ops/common.h); lse stays float32
+    auto [out, lse] = forward_cpu(to_float32(q), to_float32(k), to_float32(v), mask, to_float32(bias), causal, scale);
+    return {as_dtype_of(out, v), lse};
+  }
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Dv = v.size(3);
   at::Tensor out = at::empty({B, H, Nq, Dv}, v.options());
   at::Tensor lse = at::empty({B, H, Nq}, q.options());
@@ -60,6 +64,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const OptTensor& mask, const OptTensor& bias,
     bool causal, double scale) {
+  if (is_half(q)) {  // computed in float32 (ops/common.h), returned in the inputs' dtypes
+    auto [gq, gk, gv, gb] = backward_cpu(to_float32(grad_out), to_float32(q), to_float32(k), to_float32(v),
+                                         to_float32(out), lse, mask, to_float32(bias), causal, scale);
+    return {as_dtype_of(gq, q), as_dtype_of(gk, k), as_dtype_of(gv, v), given(bias) ? as_dtype_of(gb, bias) : as_dtype_of(gb, q)};
+  }
   at::Tensor gq = at::empty(q.sizes(), q.options());
   at::Tensor gk = at::empty(k.sizes(), k.options());
   at::Tensor gv = at::empty(v.sizes(), v.options());
@@ -90,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor> forward_meta(const at::Tensor& q, const at::T
                                                 const at::Tensor& v, const OptTensor& /*mask*/,
                                                 const OptTensor& /*bias*/, bool /*causal*/, double /*scale*/) {
   return {empty_like_sizes(v, {q.sym_size(0), q.sym_size(1), q.sym_size(2), v.sym_size(3)}),
-          empty_like_sizes(q, {q.sym_size(0), q.sym_size(1), q.sym_size(2)})};
+          at::empty_symint({q.sym_size(0), q.sym_size(1), q.sym_size(2)}, q.options().dtype(stat_dtype(q)))};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_meta(
@@ -136,7 +145,7 @@ at::Tensor softmax_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
   OptTensor bias;
   if (given(rel_bias)) {
     check_square(kOp, "rel_bias", n.Nq, n.Nk);
-    check_same_dtype_device(kOp, "q", q, "rel_bias", *rel_bias);
+    check_param_dtype_device(kOp, "q", q, "rel_bias", *rel_bias);
     check_shape(kOp, "rel_bias", *rel_bias, {n.H, offsets_len(n.Nq)}, "[H, 2N-1]");
     bias = rel_bias->contiguous();
   }

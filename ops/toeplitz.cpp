@@ -39,6 +39,8 @@ kernels::ToeplitzParams<T> params_1d(const at::Tensor& coeffs, const at::Tensor&
 
 // Inputs arrive checked: coeffs contiguous, x with a contiguous last dimension.
 at::Tensor forward_1d(const at::Tensor& coeffs, const at::Tensor& x, bool causal, int64_t path) {
+  if (is_half(x))  // computed in float32 (ops/common.h)
+    return as_dtype_of(forward_1d(to_float32(coeffs), to_float32(x), causal, path), x);
   at::Tensor y = at::empty(x.sizes(), x.options());
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "toeplitz_matmul_forward", [&] {
@@ -51,6 +53,11 @@ at::Tensor forward_1d(const at::Tensor& coeffs, const at::Tensor& x, bool causal
 std::tuple<at::Tensor, at::Tensor> backward_1d(const at::Tensor& grad_y, const at::Tensor& coeffs,
                                                const at::Tensor& x, bool causal, int64_t path,
                                                bool want_x, bool want_coeffs) {
+  if (is_half(x)) {  // computed in float32 (ops/common.h), returned in the inputs' dtypes
+    auto [gx, gc] = backward_1d(to_float32(grad_y), to_float32(coeffs), to_float32(x), causal, path, want_x,
+                                want_coeffs);
+    return {as_dtype_of(gx, x), as_dtype_of(gc, coeffs)};
+  }
   at::Tensor gx = want_x ? at::empty(x.sizes(), x.options()) : at::Tensor();
   at::Tensor gc = want_coeffs ? at::empty(coeffs.sizes(), coeffs.options()) : at::Tensor();
   if (x.numel() == 0) {
@@ -113,7 +120,7 @@ at::Tensor toeplitz_matmul_impl(const at::Tensor& coeffs, const at::Tensor& x, b
   constexpr const char* op = "toeplitz_matmul";
   check_common(op, x);
   check_rank(op, "coeffs", coeffs, 2, "[H, 2N-1]");
-  check_same_dtype_device(op, "x", x, "coeffs", coeffs);
+  check_param_dtype_device(op, "x", x, "coeffs", coeffs);
   check_shape(op, "coeffs", coeffs, {x.sym_size(1), offsets_len(x.sym_size(2))}, "[H, 2N-1]");
   const int64_t code = path_code(op, path);
   return Toeplitz1dFunction::apply(coeffs.contiguous(), last_dim_contiguous(x), causal, code);
@@ -140,6 +147,8 @@ kernels::Toeplitz2dParams<T> params_2d(const at::Tensor& row, const at::Tensor& 
 
 at::Tensor forward_2d(const at::Tensor& row, const at::Tensor& col, const at::Tensor& x,
                       int64_t height, int64_t width, int64_t path) {
+  if (is_half(x))  // computed in float32 (ops/common.h)
+    return as_dtype_of(forward_2d(to_float32(row), to_float32(col), to_float32(x), height, width, path), x);
   at::Tensor y = at::empty(x.sizes(), x.options());
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "toeplitz_matmul_2d_forward", [&] {
@@ -154,6 +163,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_2d(const at::Tensor& gra
                                                            const at::Tensor& col,
                                                            const at::Tensor& x, int64_t height,
                                                            int64_t width, int64_t path) {
+  if (is_half(x)) {  // computed in float32 (ops/common.h), returned in the inputs' dtypes
+    auto [gx, gr, gc] = backward_2d(to_float32(grad_y), to_float32(row), to_float32(col), to_float32(x), height,
+                                    width, path);
+    return {as_dtype_of(gx, x), as_dtype_of(gr, row), as_dtype_of(gc, col)};
+  }
   at::Tensor gx = at::empty(x.sizes(), x.options());
   at::Tensor gr = at::empty(row.sizes(), row.options());
   at::Tensor gc = at::empty(col.sizes(), col.options());
@@ -217,8 +231,8 @@ at::Tensor toeplitz_matmul_2d_impl(const at::Tensor& row, const at::Tensor& col,
                  " positions (an image flattened row by row), got N = " + str(N));
   check_rank(op, "row_coeffs", row, 2, "[H, 2*height-1]");
   check_rank(op, "col_coeffs", col, 2, "[H, 2*width-1]");
-  check_same_dtype_device(op, "x", x, "row_coeffs", row);
-  check_same_dtype_device(op, "x", x, "col_coeffs", col);
+  check_param_dtype_device(op, "x", x, "row_coeffs", row);
+  check_param_dtype_device(op, "x", x, "col_coeffs", col);
   check_shape(op, "row_coeffs", row, {H, 2 * height - 1}, "[H, 2*height-1]");
   check_shape(op, "col_coeffs", col, {H, 2 * width - 1}, "[H, 2*width-1]");
   const int64_t code = path_code(op, path);

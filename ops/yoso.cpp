@@ -55,6 +55,8 @@ bool nothing_flows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 std::tuple<at::Tensor, at::Tensor> hash_cpu(const at::Tensor& q, const at::Tensor& k,
                                             const OptTensor& mask, int64_t hash_bits,
                                             int64_t num_hashes, int64_t seed, int64_t hashing) {
+  // Half precision hashes its float32 values (ops/common.h): the same codes as float32 inputs.
+  if (is_half(q)) return hash_cpu(to_float32(q), to_float32(k), mask, hash_bits, num_hashes, seed, hashing);
   const int64_t B = q.size(0), H = q.size(1);
   auto opts = q.options().dtype(at::kInt);
   at::Tensor qc = at::empty({B, H, num_hashes, q.size(2)}, opts);
@@ -72,6 +74,8 @@ std::tuple<at::Tensor, at::Tensor> hash_cpu(const at::Tensor& q, const at::Tenso
 
 at::Tensor forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const at::Tensor& q_codes, const at::Tensor& k_codes, int64_t hash_bits) {
+  if (is_half(q))  // computed in float32 (ops/common.h)
+    return as_dtype_of(forward_cpu(to_float32(q), to_float32(k), to_float32(v), q_codes, k_codes, hash_bits), v);
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, v.options());
   if (nothing_flows(q, k, v)) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "yoso_forward", [&] {
@@ -84,10 +88,15 @@ at::Tensor forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 
 using Grads3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-// Runs f(params, grads) on freshly allocated gradients (zeros for an empty problem).
+// Runs f(zero of the dtype, grads, q, k, v) on freshly allocated gradients (zeros for an empty
+// problem); f takes q, k, v from here, as half-precision inputs reach it in float32.
 template <class F>
 Grads3 with_grads(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                   const at::Tensor& v, F f) {
+  if (is_half(q)) {  // computed in float32 (ops/common.h), returned in the inputs' dtypes
+    auto [gq, gk, gv] = with_grads(to_float32(grad_out), to_float32(q), to_float32(k), to_float32(v), f);
+    return {as_dtype_of(gq, q), as_dtype_of(gk, k), as_dtype_of(gv, v)};
+  }
   at::Tensor gq = at::empty(q.sizes(), q.options());
   at::Tensor gk = at::empty(k.sizes(), k.options());
   at::Tensor gv = at::empty(v.sizes(), v.options());
@@ -102,7 +111,7 @@ Grads3 with_grads(const at::Tensor& grad_out, const at::Tensor& q, const at::Ten
     g.grad_q = bhnd<scalar_t>(gq);
     g.grad_k = bhnd<scalar_t>(gk);
     g.grad_v = bhnd<scalar_t>(gv);
-    f(scalar_t(0), g);
+    f(scalar_t(0), g, q, k, v);
   });
   return {gq, gk, gv};
 }
@@ -110,7 +119,7 @@ Grads3 with_grads(const at::Tensor& grad_out, const at::Tensor& q, const at::Ten
 Grads3 backward_lsh_cpu(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                         const at::Tensor& v, const at::Tensor& q_codes, const at::Tensor& k_codes,
                         int64_t hash_bits) {
-  return with_grads(grad_out, q, k, v, [&](auto zero, const auto& g) {
+  return with_grads(grad_out, q, k, v, [&](auto zero, const auto& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
     using T = decltype(zero);
     auto p = make_params<T>(q, k, v, c10::nullopt, hash_bits, q_codes.size(2), 0, 0);
     kernels::yoso_backward_lsh<T>(p, q_codes.data_ptr<int32_t>(), k_codes.data_ptr<int32_t>(), g);
@@ -119,6 +128,8 @@ Grads3 backward_lsh_cpu(const at::Tensor& grad_out, const at::Tensor& q, const a
 
 at::Tensor expectation_forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const OptTensor& mask, int64_t hash_bits) {
+  if (is_half(q))  // computed in float32 (ops/common.h)
+    return as_dtype_of(expectation_forward_cpu(to_float32(q), to_float32(k), to_float32(v), mask, hash_bits), v);
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, v.options());
   if (nothing_flows(q, k, v)) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "yoso_expectation_forward", [&] {
@@ -132,7 +143,7 @@ at::Tensor expectation_forward_cpu(const at::Tensor& q, const at::Tensor& k, con
 Grads3 expectation_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q,
                                 const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
                                 int64_t hash_bits, int64_t derivative) {
-  return with_grads(grad_out, q, k, v, [&](auto zero, const auto& g) {
+  return with_grads(grad_out, q, k, v, [&](auto zero, const auto& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
     using T = decltype(zero);
     auto p = make_params<T>(q, k, v, mask, hash_bits, 1, 0, 0);
     kernels::yoso_expectation_backward<T>(p, g, static_cast<kernels::YosoDerivative>(derivative));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/common/block_gemm.h"
+#include "kernels/common/guarded_products.h"
 #include "kernels/common/parallel.h"
 #include "kernels/shatter/shatter.h"
 #include "kernels/shatter/shatter_tile.h"
@@ -77,6 +78,44 @@ void recompute_weights(const ShatterParams<T>& p, const T* lse_b, const uint8_t*
   }
 }
 
+// The backward of a tile that causal masking cuts while its rows hold inf or NaN: the same
+// sums as backward_tile below, pair by pair, skipping every pair whose weight a_ij is 0
+// (kernels/common/guarded_products.h says why). sc.a holds the recomputed weights.
+template <class T>
+void guarded_backward_tile(const ShatterParams<T>& p, const ShatterGrads<T>& g, const T* delta_b,
+                           int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
+                           const BackwardScratch<T>& sc, const LaneOut<T>& lane) {
+  const int64_t N = p.q.N, D = p.q.D, Dv = p.v.D, P = p.v.H, R = 2 * N - 1;
+  const T scale = T(p.scale);
+  const bool softmax = p.activation == ShatterActivation::softmax;
+  for (int64_t ii = 0; ii < nq; ++ii)
+    for (int64_t jj = 0; jj < nk; ++jj) {
+      const T a = sc.a[ii * nk + jj];
+      if (a == T(0)) continue;
+      const int64_t i = i0 + ii, j = j0 + jj;
+      const T* gi = g.grad_out.row(b, 0, i);
+      T da = 0;
+      for (int64_t pp = 0; pp < P; ++pp) {
+        const T pr = p.partition[pp * p.partition_stride_p + (j - i + N - 1)];
+        const T* vj = p.v.row(b, pp, j);
+        T gv = 0;
+        for (int64_t e = 0; e < Dv; ++e) gv += gi[e] * vj[e];
+        da += pr * gv;
+        lane.dpart[pp * R + (j - i + N - 1)] += a * gv;
+        T* dvj = g.grad_v.row(b, pp, j);
+        for (int64_t e = 0; e < Dv; ++e) dvj[e] += a * pr * gi[e];
+      }
+      const T ds = softmax ? scale * a * (da - delta_b[i]) : scale * da * a * (T(1) - a);
+      const T *qi = p.q.row(b, 0, i), *kj = p.k.row(b, 0, j);
+      T* dqi = lane.dq + i * lane.dq_sn;
+      T* dkj = g.grad_k.row(b, 0, j);
+      for (int64_t d = 0; d < D; ++d) {
+        dqi[d] += ds * kj[d];
+        dkj[d] += ds * qi[d];
+      }
+    }
+}
+
 template <class T>
 void backward_tile(const ShatterParams<T>& p, const ShatterGrads<T>& g, const T* lse_b,
                    const T* delta_b, const uint8_t* mask_b, int64_t b, int64_t i0, int64_t nq,
@@ -86,6 +125,12 @@ void backward_tile(const ShatterParams<T>& p, const ShatterGrads<T>& g, const T*
   block_gemm(nq, nk, D, T(p.scale), p.q.row(b, 0, i0), p.q.sn, 1, sc.kt.data(), nk, false,
              sc.a.data(), nk);
   recompute_weights(p, lse_b, mask_b, i0, nq, j0, nk, sc.a.data());
+  if (p.causal && j0 + nk - 1 > i0) {  // a tile that causal masking cuts
+    bool finite = rows_finite(p.k.row(b, 0, j0), nk, p.k.sn, D) &&
+                  rows_finite(p.q.row(b, 0, i0), nq, p.q.sn, D) && rows_finite(gq, nq, g.grad_out.sn, Dv);
+    for (int64_t pp = 0; pp < P && finite; ++pp) finite = rows_finite(p.v.row(b, pp, j0), nk, p.v.sn, Dv);
+    if (!finite) return guarded_backward_tile(p, g, delta_b, b, i0, nq, j0, nk, sc, lane);
+  }
   for (int64_t pp = 0; pp < P; ++pp) {
     // dap = g V_pᵀ: the "dA" this stream alone would give.
     block_gemm(nq, nk, Dv, T(1), gq, g.grad_out.sn, 1, sc.vt.data() + pp * Dv * nk, nk, false,

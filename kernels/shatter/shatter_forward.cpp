@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/common/block_gemm.h"
+#include "kernels/common/guarded_products.h"
 #include "kernels/common/parallel.h"
 #include "kernels/shatter/shatter.h"
 #include "kernels/shatter/shatter_tile.h"
@@ -99,8 +100,13 @@ void forward_item(const ShatterParams<T>& p, BHND<T> out, T* lse, int64_t b, int
         T* __restrict w = sc.w.data() + ii * nk;
         for (int64_t jj = 0; jj < nk; ++jj) w[jj] = a[jj] * pr[jj];
       }
-      block_gemm(nq, Dv, nk, T(1), sc.w.data(), nk, 1, p.v.row(b, pp, j0), p.v.sn, true,
-                 sc.acc.data(), Dv);
+      // A tile cut by causal masking whose values hold inf or NaN: the product that skips the
+      // zero weights (kernels/common/guarded_products.h).
+      const T* v = p.v.row(b, pp, j0);
+      if (p.causal && j0 + nk - 1 > i0 && !rows_finite(v, nk, p.v.sn, Dv))
+        guarded_weighted_sum(nq, nk, Dv, sc.w.data(), int64_t(1), nk, v, p.v.sn, sc.acc.data(), Dv);
+      else
+        block_gemm(nq, Dv, nk, T(1), sc.w.data(), nk, 1, v, p.v.sn, true, sc.acc.data(), Dv);
     }
   }
   const bool softmax = p.activation == ShatterActivation::softmax;

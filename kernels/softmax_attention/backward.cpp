@@ -132,16 +132,33 @@ void softmax_attention_backward(const SoftmaxAttentionParams<T>& p,
                                     bm == sa::BlockMask::kSome ? mask.add_row(b) : nullptr,
                                     p.causal};
         sa::score_tile(St, ld, t, in, sa::ScoreOutputs<T>{nullptr, lse2 + i0, nullptr});  // P^T
-        // dV[j, :] += sum_i P[i, j] dO[i, :]
-        block_gemm(nj, Dv, ni, T(1), St, ld, 1, g.grad_out.row(b, h, i0), g.grad_out.sn, true,
-                       dv, g.grad_v.sn);
-        sa::grad_score_tile(dSt, ld, t, v, p.v.sn, dOt, Dv, St, Di + i0);  // dS^T
-        if (rdb)  // (i, j) feeds the bias at j - i + N - 1, reversed: i - j + N - 1
+        auto add_bias_grad = [&] {  // (i, j) feeds the bias at j - i + N - 1, reversed: i - j + N - 1
+          if (!rdb) return;
           for (int64_t r = 0; r < nj; ++r) {
             const T* ds = dSt + r * ld;
             T* db = rdb + (i0 - (j0 + r) + Nq - 1);
             for (int64_t c = 0; c < ni; ++c) db[c] += ds[c];
           }
+        };
+        const sa::TileRows<T> rows{p.q.row(b, h, i0), k, v, g.grad_out.row(b, h, i0),
+                                   p.q.sn, p.k.sn, p.v.sn, g.grad_out.sn};
+        // Where causal masking cuts the tile and a row holds inf or NaN: the guarded products,
+        // which skip the pairs with P = 0 (kernels/common/guarded_products.h).
+        const bool guarded = p.causal && t.causal_any_forbidden() &&
+                             !(rows_finite(k, nj, p.k.sn, D) && rows_finite(v, nj, p.v.sn, Dv) &&
+                               rows_finite(rows.q, ni, p.q.sn, D) &&
+                               rows_finite(rows.dout, ni, g.grad_out.sn, Dv));
+        if (guarded) {
+          sa::guarded_grad_tile(t, D, Dv, St, ld, rows, Di + i0, scale, dSt, dk, g.grad_k.sn, dv,
+                                g.grad_v.sn, dq + i0 * dq_ld, dq_ld);
+          add_bias_grad();
+          continue;
+        }
+        // dV[j, :] += sum_i P[i, j] dO[i, :]
+        block_gemm(nj, Dv, ni, T(1), St, ld, 1, g.grad_out.row(b, h, i0), g.grad_out.sn, true,
+                       dv, g.grad_v.sn);
+        sa::grad_score_tile(dSt, ld, t, v, p.v.sn, dOt, Dv, St, Di + i0);  // dS^T
+        add_bias_grad();
         // dK[j, :] += scale * sum_i dS[i, j] Q[i, :];  dQ[i, :] += scale * sum_j dS[i, j] K[j, :]
         block_gemm(nj, D, ni, scale, dSt, ld, 1, p.q.row(b, h, i0), p.q.sn, true, dk,
                        g.grad_k.sn);

@@ -85,6 +85,13 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
                                   bm == sa::BlockMask::kSome ? mask.add_row(b) : nullptr,
                                   p.causal};
       const T* v = p.v.row(b, h, t.j0);
+      // O[i, :] += sum_j P[i, j] V[j, :], reading P through the transposed tile; guarded where
+      // causal masking cuts the tile and a value is inf or NaN (kernels/common/guarded_products.h).
+      const bool guarded = p.causal && t.causal_any_forbidden() && !rows_finite(v, t.nj, p.v.sn, Dv);
+      auto accumulate_pv = [&] {
+        if (guarded) guarded_weighted_sum(ni, t.nj, Dv, St, ld, int64_t(1), v, p.v.sn, O, Dv);
+        else block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, v, p.v.sn, true, O, Dv);
+      };
       if (all_started) {
         // Fast path: probabilities against the current references, straight from the GEMM
         // epilogue. Any reference gives the exact softmax; it only has to keep the values
@@ -95,7 +102,7 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
         for (int64_t c = 0; c < ni; ++c) fits &= sum[c] <= T(kMaxTileSum);
         if (fits) {
           for (int64_t c = 0; c < ni; ++c) l[c] += sum[c];
-          block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, v, p.v.sn, true, O, Dv);
+          accumulate_pv();
           continue;
         }
       }
@@ -119,8 +126,7 @@ void softmax_attention_forward(const SoftmaxAttentionParams<T>& p, BHND<T> out, 
           for (int64_t e = 0; e < Dv; ++e) O[c * Dv + e] *= alpha[c];
       }
       simd::exp2_columns(St, ld, t.nj, ni, shift, l);
-      // O[i, :] += sum_j P[i, j] V[j, :], reading P through the transposed tile.
-      block_gemm(ni, Dv, t.nj, T(1), St, 1, ld, v, p.v.sn, true, O, Dv);
+      accumulate_pv();
     }
 
     T* lse_row = lse + (b * H + h) * Nq;

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/common/block_gemm.h"
+#include "kernels/common/guarded_products.h"
 #include "kernels/common/scratch.h"
 #include "kernels/common/simd.h"
 #include "kernels/softmax_attention/blocks.h"
@@ -83,6 +84,44 @@ void grad_score_tile(T* dSt, int64_t ld, const Tile& t, const T* v, int64_t v_sn
     T* ds = dSt + r * ld;
     for (int64_t c = 0; c < t.ni; ++c) ds[c] = pr[c] * (ds[c] - Di[c]);
   }
+}
+
+// The guarded backward of a tile that causal masking cuts while its rows hold inf or NaN
+// (kernels/common/guarded_products.h says why): every product skips the pairs with P = 0.
+// Row-major views of one tile's rows for the guarded backward.
+template <class T>
+struct TileRows {
+  const T *q, *k, *v, *dout;
+  int64_t q_sn, k_sn, v_sn, dout_sn;
+};
+
+// The backward products of one tile, skipping every pair with P = 0: dV += P^T dO,
+// dS^T = P^T (V dO^T - Di) (0 where P = 0), dK += scale dS^T Q, dQ += scale dS K.
+template <class T>
+void guarded_grad_tile(const Tile& t, int64_t D, int64_t Dv, const T* Pt, int64_t ld,
+                       const TileRows<T>& x, const T* Di, T scale, T* dSt, T* dk, int64_t dk_sn,
+                       T* dv, int64_t dv_sn, T* dq, int64_t dq_ld) {
+  for (int64_t r = 0; r < t.nj; ++r)
+    for (int64_t c = 0; c < t.ni; ++c) {
+      const T w = Pt[r * ld + c];
+      T& ds = dSt[r * ld + c];
+      ds = T(0);
+      if (w == T(0)) continue;
+      const T* dout = x.dout + c * x.dout_sn;
+      const T* v = x.v + r * x.v_sn;
+      T dp = 0;
+      for (int64_t e = 0; e < Dv; ++e) {
+        dv[r * dv_sn + e] += w * dout[e];
+        dp += v[e] * dout[e];
+      }
+      ds = w * (dp - Di[c]);
+      const T* q = x.q + c * x.q_sn;
+      const T* k = x.k + r * x.k_sn;
+      for (int64_t d = 0; d < D; ++d) {
+        dk[r * dk_sn + d] += scale * ds * q[d];
+        dq[c * dq_ld + d] += scale * ds * k[d];
+      }
+    }
 }
 
 #if defined(LONGATTN_SIMD_HAS_VECF)

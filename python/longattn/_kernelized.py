@@ -9,7 +9,7 @@ def kernelized_attention(q, k, v, *, feature_map, causal=False, key_padding_mask
 
     out_i = phi(q_i)^T S_i / (phi(q_i)^T s_i + eps), S_i = sum_j phi(k_j) v_j^T and
     s_i = sum_j phi(k_j) over the keys j that take part (unmasked; with ``causal``, j <= i).
-    q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv] -> [B, H, Nq, Dv] (float32 or float64).
+    q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv] -> [B, H, Nq, Dv] (float32, float64, bfloat16 or float16).
 
     feature_map: ``'elu'`` (elu(x) + 1), ``'relu'``, ``'sikf'`` (exp(x - c), FastRPB's
     shift-invariant kernel: adding a constant to a query row or to all keys changes nothing),

@@ -16,7 +16,7 @@ def shatter_attention(q, k, v, partition, *, activation="softmax", causal=False,
     its sigmoid elementwise with no normalisation (activation='sigmoid'). key_padding_mask:
     [B, N] bool, True = the key takes part. causal: key j takes part for query i only when
     j <= i. scale: default 1/sqrt(D). A query with no key taking part outputs zeros. Fused (no
-    N x N tensor), float32 or float64, differentiable in q, k, v and partition. See
+    N x N tensor), float32, float64, bfloat16 or float16, differentiable in q, k, v and partition. See
     docs/shatter.md for what is the paper's and what is ours.
     """
     return torch.ops.longattn.shatter_attention(

@@ -14,7 +14,7 @@ def yoso_attention(q, k, v, *, hash_bits, num_hashes, seed, key_padding_mask=Non
     authors' fast H·D₃·H·D₂·H·D₁ pseudo-rotation). q and k are L2-normalised inside; the output is
     not normalised. The expectation over hashes is ``yoso_expectation``.
 
-    q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv] -> [B, H, Nq, Dv] (float32 or float64).
+    q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv] -> [B, H, Nq, Dv] (float32, float64, bfloat16 or float16).
     key_padding_mask: [B, Nk] bool, True = the key takes part; when Nq == Nk it masks the
     queries too (their rows are zero). seed: the same seed gives the same hashes and output,
     bit for bit, whatever the thread count; hashes differ per (batch, head).

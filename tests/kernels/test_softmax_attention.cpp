@@ -324,6 +324,53 @@ TEST(SoftmaxAttention, LogitsGrowingAcrossKeyBlocks) {
   check_case<double>({1, 1, 300, 300, 16, 16}, {false, false, true, Layout::kContiguous}, 4300, 0, 0.5);
 }
 
+// Causal: an inf or NaN in a later key's k or v never reaches an earlier query's output, nor,
+// when only earlier outputs carry a gradient, an earlier query's gradient (the tiles that the
+// causal mask cuts take the guarded products of kernels/common/guarded_products.h).
+template <class T>
+void check_future_non_finite(int64_t N, int64_t pos, bool in_v, double value) {
+  const Shape s{1, 2, N, N, 16, 8};
+  const Flags f{true, false, true, Layout::kContiguous};
+  SCOPED_TRACE(describe(s, f) + " pos=" + std::to_string(pos) + (in_v ? " v=" : " k=") + std::to_string(value));
+  auto gen = [](int64_t n, uint64_t seed) { return testing_ref::normal_vector<double>(n, seed); };
+  auto q64 = gen(s.B * s.H * N * s.D, 11), k64 = gen(s.B * s.H * N * s.D, 12);
+  auto v64 = gen(s.B * s.H * N * s.Dv, 13), d64 = gen(s.B * s.H * N * s.Dv, 14);
+  for (int64_t h = 0; h < s.H; ++h)  // only outputs before pos carry a gradient
+    for (int64_t i = pos; i < N; ++i)
+      for (int64_t c = 0; c < s.Dv; ++c) d64[(h * N + i) * s.Dv + c] = 0;
+  auto bias64 = gen(s.H * (2 * N - 1), 15);
+  std::vector<T> bias(bias64.begin(), bias64.end());
+  const std::vector<uint8_t> no_mask;
+  const Stored<T> q(q64, s.B, s.H, N, s.D, f.layout), d(d64, s.B, s.H, N, s.Dv, f.layout);
+  const Stored<T> k(k64, s.B, s.H, N, s.D, f.layout), v(v64, s.B, s.H, N, s.Dv, f.layout);
+  (in_v ? v64[(0 * N + pos) * s.Dv + 1] : k64[(0 * N + pos) * s.D + 1]) = value;  // head 0 only
+  const Stored<T> kb(k64, s.B, s.H, N, s.D, f.layout), vb(v64, s.B, s.H, N, s.Dv, f.layout);
+  const Run<T> clean = run_kernels(s, f, q, k, v, no_mask, bias, d, 0.25, 2);
+  const Run<T> dirty = run_kernels(s, f, q, kb, vb, no_mask, bias, d, 0.25, 2);
+  for (int64_t h = 0; h < s.H; ++h)
+    for (int64_t i = 0; i < pos; ++i) {
+      for (int64_t c = 0; c < s.Dv; ++c) {
+        const size_t e = size_t((h * N + i) * s.Dv + c);
+        ASSERT_TRUE(std::isfinite(dirty.out[e])) << "out h=" << h << " i=" << i;
+        ASSERT_NEAR(dirty.out[e], clean.out[e], 1e-5 * (1 + std::abs(clean.out[e]))) << "out h=" << h << " i=" << i;
+      }
+      for (int64_t c = 0; c < s.D; ++c) {
+        const size_t e = size_t((h * N + i) * s.D + c);
+        ASSERT_TRUE(std::isfinite(dirty.dq[e])) << "dq h=" << h << " i=" << i;
+        ASSERT_NEAR(dirty.dq[e], clean.dq[e], 1e-5 * (1 + std::abs(clean.dq[e]))) << "dq h=" << h << " i=" << i;
+      }
+    }
+}
+
+TEST(SoftmaxAttention, CausalFutureNonFiniteNeverReachesEarlierRows) {
+  for (double value : {double(NAN), double(INFINITY), -double(INFINITY)})
+    for (bool in_v : {false, true}) {
+      check_future_non_finite<float>(9, 5, in_v, value);
+      check_future_non_finite<float>(300, 150, in_v, value);
+      check_future_non_finite<double>(300, 299, in_v, value);
+    }
+}
+
 // Every result must be bit-identical with 1 and 2 threads (fixed work split and reductions).
 template <class T>
 void check_thread_independence(const Shape& s, const Flags& f) {

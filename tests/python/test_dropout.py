@@ -56,7 +56,7 @@ def test_module_eval_identity_and_seeded_training():
 def test_errors_name_the_problem():
     with pytest.raises(RuntimeError, match=r"longattn.dropout: p must be in \[0, 1 - 2\^-16\] .*, got 1"):
         longattn.dropout(torch.ones(3), 1.0, 0)
-    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
+    with pytest.raises(RuntimeError, match="x must be float32, float64, bfloat16 or float16"):
         longattn.dropout(torch.ones(3, dtype=torch.int32), 0.1, 0)
     with pytest.raises(ValueError, match="p must be in"):
         Dropout(-0.1)

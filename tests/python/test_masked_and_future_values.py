@@ -1,7 +1,8 @@
 """Garbage in padding and in the future never reaches an output or a gradient (issue 12, parts 2,
 3 and 5): NaN and ±inf in masked keys' q, k and v for softmax_attention, shatter_attention,
 yoso_expectation and yoso_attention, forward and backward; toeplitz_matmul(causal=True) with
-non-finite future rows on both paths; dropout's largest p; yoso_expectation near q ∥ ±k."""
+non-finite future rows on both paths, and causal softmax_attention and shatter_attention with a
+non-finite future key or value; dropout's largest p; yoso_expectation near q ∥ ±k."""
 import math
 
 import pytest
@@ -123,6 +124,58 @@ def test_shatter_masked_keys_take_no_part(value, which, activation, causal):
     fn = lambda q, k, v, p: longattn.shatter_attention(q, k, v, p, activation=activation,  # noqa: E731
                                                        causal=causal, key_padding_mask=mask)
     _check_same(fn, [q, k0, v0, part], [q, kd, vd, part], torch.randn(B, N, Dv, dtype=torch.float64))
+
+
+# ------------------------------------------------------- causal attention: future values
+
+
+def _future_case(fn, inputs, seq_dims, which, pos, value, out_shape):
+    """An inf/NaN at position `pos` of the inputs named in `which` (keys or values): the outputs of
+    earlier rows equal the clean call's, and so does the gradient of every earlier query when only
+    earlier outputs carry a gradient (rows from pos on may be NaN: they see the bad value)."""
+    names = ["q", "k", "v", "part"]
+    dirty = []
+    for name, t, d in zip(names, inputs, seq_dims):
+        if name in which:
+            t = t.clone()
+            t.select(d, pos)[..., 1] = value
+        dirty.append(t)
+    g = torch.randn(out_shape, dtype=torch.float64)
+    g.narrow(-2, pos, out_shape[-2] - pos).zero_()
+    (out_c, grads_c), (out_d, grads_d) = _run(fn, inputs, g), _run(fn, dirty, g)
+    earlier = lambda t: t.narrow(-2, 0, pos)  # noqa: E731
+    assert torch.isfinite(earlier(out_d)).all()
+    torch.testing.assert_close(earlier(out_d), earlier(out_c), rtol=1e-12, atol=1e-12)
+    gq_d, gq_c = earlier(grads_d[0]), earlier(grads_c[0])
+    assert torch.isfinite(gq_d).all()
+    torch.testing.assert_close(gq_d, gq_c, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", BAD)
+@pytest.mark.parametrize("which", ["k", "v"])
+@pytest.mark.parametrize("n,pos", [(9, 1), (9, 5), (9, 8), (150, 70), (150, 130)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_softmax_causal_future_values_never_reach_earlier_rows(value, which, n, pos, bias):
+    g = torch.Generator().manual_seed(n + pos)
+    q, k, v = (torch.randn(1, 2, n, d, generator=g, dtype=torch.float64) for d in (D, D, Dv))
+    rb = torch.randn(2, 2 * n - 1, generator=g, dtype=torch.float64) if bias else None
+    fn = lambda q, k, v: longattn.softmax_attention(q, k, v, causal=True, rel_bias=rb)  # noqa: E731
+    _future_case(fn, [q, k, v], [2, 2, 2], which, pos, value, (1, 2, n, Dv))
+
+
+@pytest.mark.parametrize("value", BAD)
+@pytest.mark.parametrize("which", ["k", "v"])
+@pytest.mark.parametrize("n,pos", [(9, 1), (9, 8), (150, 70), (150, 140)])
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_shatter_causal_future_values_never_reach_earlier_rows(value, which, n, pos, activation):
+    g = torch.Generator().manual_seed(n + pos)
+    P = 3
+    q, k = (torch.randn(2, n, D, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(2, P, n, Dv, generator=g, dtype=torch.float64)
+    part = torch.softmax(torch.randn(P, 2 * n - 1, generator=g, dtype=torch.float64), 0)
+    fn = lambda q, k, v, p: longattn.shatter_attention(q, k, v, p, activation=activation,  # noqa: E731
+                                                       causal=True)
+    _future_case(fn, [q, k, v, part], [1, 1, 2, 1], which, pos, value, (2, n, Dv))
 
 
 # ------------------------------------------------------------------------- causal Toeplitz

@@ -47,13 +47,14 @@ def test_tiny_model_learns_detect(attention):
 
 def test_parameter_counts_depend_only_on_what_the_mechanism_adds():
     # As tests/train/test_train.cpp: rel_bias (softmax-rpe, kernelized-rpe) adds H (2M - 1) per
-    # layer, shatter its partition's 4 x 3, FastRPB H (2M - 1) (2-D: H (2 max(h, w) - 1)).
+    # layer, shatter its partition's 4 x 3, yoso-c its depthwise convolution (H x window 33 per
+    # layer), FastRPB H (2M - 1) (2-D: H (2 max(h, w) - 1)).
     layers, heads, M = 2, 2, 50
     cfg = dict(vocab_size=20, max_len=M, layers=layers, dim=16, heads=heads, ffn=32)
     base = count_parameters(Classifier(ModelConfig(**cfg)))
     bias = layers * heads * (2 * M - 1)
     extra = {"softmax": 0, "softmax-rpe": bias, "linear": 0, "sikf": 0, "favor": 0, "kernelized-rpe": bias,
-             "yoso": 0, "yoso-e": 0, "shatter": layers * 4 * 3}
+             "yoso": 0, "yoso-c": layers * heads * 33, "yoso-e": 0, "shatter": layers * 4 * 3}
     assert set(extra) == set(ATTENTIONS)
     for name in ATTENTIONS:
         assert count_parameters(Classifier(ModelConfig(attention=name, **cfg))) == base + extra[name], name

@@ -49,6 +49,8 @@ def public_cases():
         ("kernelized_attention", (q, k, v), dict(feature_map="sikf", causal=True)),
         ("kernelized_attention", (q, k, v), dict(feature_map="favor", projection=w, key_padding_mask=m)),
         ("kernelized_attention", (q, k, v), dict(feature_map="relu", rel_bias=bias, causal=True)),
+        ("feature_map", (q,), dict(feature_map="favor", projection=w, key_padding_mask=m)),
+        ("feature_map", (q,), dict(feature_map="elu")),
         ("kernelized_rpe_attention", (*phi, v, bias), dict(key_padding_mask=m, eps=1e-6)),
         ("kernelized_rpe_attention", (*phi, v, bias), dict(causal=True)),
         ("toeplitz_matmul", (_t(H, 2 * N - 1), x), dict(causal=True, path="fft")),
@@ -79,14 +81,17 @@ def internal_cases():
     favor = 3  # kernels::FeatureMap::favor
     kout, inv = ops._kernelized_attention_forward(q, k, v, m, w, favor, False, 1e-6)
     fq, fk = (_t(B, H, N, 5, grad=False, positive=True) for _ in range(2))
-    rw = _t(H, 2 * N - 1, grad=False, positive=True)
-    rout, den = ops._kernelized_rpe_forward(fq, fk, v, rw, m, True, 1e-6)
+    rb = _t(H, 2 * N - 1, grad=False)
+    kls, els = _t(B, H, N, grad=False), _t(B, H, N, grad=False)
+    rout, den, direct = ops._kernelized_rpe_forward(fq, fk, v, rb, kls, els, m, True, 1e-6)
     x, c = _t(B, H, N, 3, grad=False), _t(H, 2 * N - 1, grad=False)
     row, col = _t(H, 3, grad=False), _t(H, 5, grad=False)
     sq, sk, sv = _t(B, N, D, grad=False), _t(B, N, D, grad=False), _t(B, 3, N, 2, grad=False)
     part = _t(3, 2 * N - 1, grad=False, positive=True)
     sout, slse = ops._shatter_attention_forward(sq, sk, sv, part, m, 0, True, 0.5)
     qc, kc = ops._yoso_hash(q, k, m, 3, 4, 5, 1)
+    phi, shift, argmax = ops._feature_map_forward(q, "favor", w, m)
+    gphi, gshift = _t(*phi.shape, grad=False), _t(*shift.shape, grad=False)
     return [
         ("_softmax_attention_forward", (q, k, v, m, bias, True, 0.5), {}),
         ("_softmax_attention_backward", (g, q, k, v, out, lse, m, bias, True, 0.5), {}),
@@ -94,8 +99,10 @@ def internal_cases():
         ("_kernelized_attention_forward", (q, k, v, m, w, favor, False, 1e-6), {}),
         ("_kernelized_attention_backward", (g, q, k, v, kout, inv, m, w, favor, False, 1e-6), {}),
         ("_kernelized_attention_forward", (q, k, v, None, None, 0, True, 1e-6), {}),
-        ("_kernelized_rpe_forward", (fq, fk, v, rw, m, True, 1e-6), {}),
-        ("_kernelized_rpe_backward", (g, fq, fk, v, rw, rout, den, m, True, 1e-6), {}),
+        ("_kernelized_rpe_forward", (fq, fk, v, rb, kls, els, m, True, 1e-6), {}),
+        ("_kernelized_rpe_forward", (fq, fk, v, rb, None, None, None, False, 0.0), {}),
+        ("_kernelized_rpe_backward",
+         (g, fq, fk, v, rb, kls, els, rout, den, direct, m, True, 1e-6), {}),
         ("_toeplitz_matmul_forward", (c, x, True, 2), {}),
         ("_toeplitz_matmul_backward", (x, c, x, False, 1, True, True), {}),
         ("_toeplitz_matmul_2d_forward", (row, col, x, 2, 3, 0), {}),
@@ -108,6 +115,9 @@ def internal_cases():
         ("_yoso_backward_lsh", (g, q, k, v, qc, kc, 3), {}),
         ("_yoso_expectation_forward", (q, k, v, m, 3), {}),
         ("_yoso_expectation_backward", (g, q, k, v, m, 3, 0), {}),
+        ("_feature_map_forward", (q, "favor", w, m), {}),
+        ("_feature_map_forward", (q, "elu", None, None), {}),
+        ("_feature_map_backward", (gphi, gshift, q, phi, argmax, "favor", w, m), {}),
         ("_dropout_apply", (_t(B, N, D, grad=False), 0.25, 7), {}),
     ]
 

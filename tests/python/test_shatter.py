@@ -131,7 +131,7 @@ def test_bad_inputs_name_expected_and_given():
     bad(r"shatter_attention: partition must have shape \[P, 2N-1\] = \[3, 17\], got \[2, 17\]", q, k, v, part[:2])
     bad(r"shatter_attention: partition must have shape \[P, 2N-1\] = \[3, 17\], got \[3, 16\]", q, k, v, part[:, 1:])
     bad(r"shatter_attention: partition must have the dtype of q \(Double\), got Float", q, k, v, part.float())
-    bad(r"shatter_attention:.*q.*float32 or float64.*Long", q.long(), k.long(), v.long(), part.long())
+    bad(r"shatter_attention:.*q.*float32, float64, bfloat16 or float16.*Long", q.long(), k.long(), v.long(), part.long())
     bad(r"shatter_attention: activation must be 'softmax' or 'sigmoid', got 'relu'", q, k, v, part, activation="relu")
     bad(r"shatter_attention:.*key_padding_mask.*\[2, 9\]", q, k, v, part, key_padding_mask=torch.ones(2, 8, dtype=torch.bool))
 

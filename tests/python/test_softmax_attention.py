@@ -107,9 +107,9 @@ BAD_INPUTS = [
     ("rel_bias heads", lambda q, k, v: dict(rel_bias=torch.zeros(2, 9)), "= [3, 9], got [2, 9]"),
     ("mask shape", lambda q, k, v: dict(key_padding_mask=torch.ones(2, 4, dtype=torch.bool)), "key_padding_mask must have shape [B, Nk] = [2, 5], got [2, 4]"),
     ("mask dtype", lambda q, k, v: dict(key_padding_mask=torch.ones(2, 5)), "key_padding_mask must be bool [B, Nk]"),
-    ("dtype", lambda q, k, v: dict(q=q.half(), k=k.half(), v=v.half()), "q must be float32 or float64, got Half"),
+    ("dtype", lambda q, k, v: dict(q=q.long(), k=k.long(), v=v.long()), "q must be float32, float64, bfloat16 or float16, got Long"),
     ("mixed dtype", lambda q, k, v: dict(v=v.double()), "v must have the dtype of q (Float), got Double"),
-    ("int dtype", lambda q, k, v: dict(q=q.int(), k=k.int(), v=v.int()), "q must be float32 or float64, got Int"),
+    ("int dtype", lambda q, k, v: dict(q=q.int(), k=k.int(), v=v.int()), "q must be float32, float64, bfloat16 or float16, got Int"),
     ("causal cross", lambda q, k, v: dict(k=k[:, :, :3], v=v[:, :, :3], causal=True), "causal=True needs Nq == Nk, got Nq = 5 and Nk = 3"),
     ("bias cross", lambda q, k, v: dict(k=k[:, :, :3], v=v[:, :, :3], rel_bias=torch.zeros(3, 9)), "rel_bias needs Nq == Nk, got Nq = 5 and Nk = 3"),
 ]

@@ -185,7 +185,8 @@ BAD = [
     ("v length", dict(v=torch.randn(2, 3, 4, 4)), "v must have shape [B, H, Nk, Dv] = [2, 3, 5, *]", "got [2, 3, 4, 4]"),
     ("q rank", dict(q=torch.randn(3, 5, 4)), "q must have 4 dimensions [B, H, Nq, D]", "got 3"),
     ("mask", dict(key_padding_mask=torch.ones(2, 4, dtype=torch.bool)), "key_padding_mask must have shape [B, Nk] = [2, 5]", "got [2, 4]"),
-    ("dtype", dict(q=torch.randn(2, 3, 5, 4).half()), "q must be float32 or float64", "got Half"),
+    ("dtype", dict(q=torch.randn(2, 3, 5, 4).int()), "q must be float32, float64, bfloat16 or float16", "got Int"),
+    ("mixed dtype", dict(q=torch.randn(2, 3, 5, 4).half()), "k must have the dtype of q (Half)", "got Float"),
     ("head dim 0", dict(q=torch.randn(2, 3, 5, 0), k=torch.randn(2, 3, 5, 0)), "head dim D >= 1", "got D = 0"),
 ]
 
