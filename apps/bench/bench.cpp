@@ -81,6 +81,15 @@ std::string machine_description() {
   return model;
 }
 
+const char* dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return "float64";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: return "float32";
+  }
+}
+
 std::string json_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
@@ -143,7 +152,7 @@ void write_json(const std::string& path, const std::vector<Record>& recs, double
       << ", \"H\": " << r.shape.H << ", \"N\": " << r.shape.N << ", \"D\": " << r.shape.D
       << ", \"causal\": " << (r.shape.causal ? "true" : "false")
       << ", \"rel_bias\": " << (r.shape.rel_bias ? "true" : "false")
-      << ", \"dtype\": \"" << (r.shape.dtype == at::kDouble ? "float64" : "float32") << "\"";
+      << ", \"dtype\": \"" << dtype_name(r.shape.dtype) << "\"";
     for (auto& [k, v] : r.shape.extra) f << ", \"" << k << "\": " << num(v);
     f << ", \"time_s\": " << num(r.time_s) << ", \"cpu_s\": " << num(r.cpu_s)
       << ", \"gflops_per_core_cpu\": " << num(r.gflops_per_core) << ", \"gflops\": " << num(r.gflops)
@@ -212,7 +221,7 @@ int run_bench(const Args& args) {
                {"warmup", "warm-up runs (default 1; the first also measures memory)"},
                {"budget", "seconds per measurement before repetitions are cut (default 20)"},
                {"threads", "thread count (default 2)"},
-               {"dtype", "float32 or float64 (default float32)"},
+               {"dtype", "float32, float64, bfloat16 or float16 (default float32)"},
                {"max-gib", "skip cases whose estimated working set exceeds this (default 16)"},
                {"json", "write results as JSON to this file (default: none)"},
                {"md", "write the Markdown table to this file (default: none)"},
@@ -239,7 +248,7 @@ int run_bench(const Args& args) {
   for (auto& m : modes)
     if (m != "fwd" && m != "fwd+bwd")
       throw UsageError("flag --modes got '" + m + "'; allowed: fwd, fwd+bwd");
-  std::string dtype = flags.get_choice("dtype", "float32", {"float32", "float64"});
+  std::string dtype = flags.get_choice("dtype", "float32", {"float32", "float64", "bfloat16", "float16"});
   const auto ns = flags.get_int_list("n", {}, 1);
   const auto causals = flags.get_int_list("causal", {}, 0, 1);
   const auto biases = flags.get_int_list("rel-bias", {}, 0, 1);
@@ -276,7 +285,10 @@ int run_bench(const Args& args) {
       if (flags.has("b")) base.B = b_flag;
       if (flags.has("h")) base.H = h_flag;
       if (flags.has("d")) base.D = d_flag;
-      base.dtype = dtype == "float64" ? at::kDouble : at::kFloat;
+      base.dtype = dtype == "float64"    ? at::kDouble
+                   : dtype == "bfloat16" ? at::kBFloat16
+                   : dtype == "float16"  ? at::kHalf
+                                         : at::kFloat;
       std::vector<int64_t> n_axis = ns.empty() ? std::vector<int64_t>{base.N} : ns;
       std::vector<int64_t> c_axis = causals.empty() ? std::vector<int64_t>{base.causal} : causals;
       std::vector<int64_t> b_axis = biases.empty() ? std::vector<int64_t>{base.rel_bias} : biases;

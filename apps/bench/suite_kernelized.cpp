@@ -66,7 +66,7 @@ std::function<std::optional<Runner>(const Shape&, std::string&)> longattn_case(
 
 // elu+1 linear attention as a PyTorch user writes it.
 std::optional<Runner> make_composite(const Shape& s, std::string& why) {
-  const double elem = s.dtype == at::kDouble ? 8 : 4;
+  const double elem = double(c10::elementSize(s.dtype));
   // cumsum keeps [B, H, N, D, Dv] twice (the products and their prefix sums) plus gradients.
   const double cumsum_bytes = 4.0 * s.B * s.H * s.N * s.D * s.D * elem;
   if (s.causal && cumsum_bytes > max_case_bytes()) {
@@ -95,7 +95,7 @@ std::optional<Runner> make_composite(const Shape& s, std::string& why) {
 // with the same m = 64 orthogonal random features as longattn's case.
 std::optional<Runner> make_favor_composite(const Shape& s, std::string& why) {
   const int64_t m = 64;
-  const double elem = s.dtype == at::kDouble ? 8 : 4;
+  const double elem = double(c10::elementSize(s.dtype));
   const double cumsum_bytes = 4.0 * s.B * s.H * s.N * m * s.D * elem;
   if (s.causal && cumsum_bytes > max_case_bytes()) {
     why = "the N×m×Dv prefix sums need " + std::to_string(int(cumsum_bytes / (1 << 30))) + " GiB";

@@ -57,7 +57,7 @@ std::optional<Runner> make_longattn(const Shape& s, std::string&) {
   });
 }
 
-double dense_bytes(const Shape& s) { return double(s.B) * s.H * s.N * s.N * (s.dtype == at::kDouble ? 8 : 4); }
+double dense_bytes(const Shape& s) { return double(s.B) * s.H * s.N * s.N * double(c10::elementSize(s.dtype)); }
 
 std::optional<Runner> make_sdpa(const Shape& s, std::string& why) {
   if (s.rel_bias && 3 * dense_bytes(s) > max_case_bytes()) {

@@ -73,7 +73,7 @@ at::Tensor fft_composite(const at::Tensor& coeffs, const at::Tensor& x, bool cau
 }
 
 double toeplitz_bytes(const Shape& s, double factor) {
-  return factor * double(s.B) * s.H * s.N * s.D * (s.dtype == at::kDouble ? 8 : 4);
+  return factor * double(s.B) * s.H * s.N * s.D * double(c10::elementSize(s.dtype));
 }
 
 std::optional<Runner> make_toeplitz(const Shape& s, std::string&) {

@@ -54,7 +54,7 @@ std::optional<Runner> make_lsh(const Shape& s, const std::string& hashing) {
 }
 
 double dense_bytes(const Shape& s) {
-  return double(s.B) * s.H * s.N * s.N * (s.dtype == at::kDouble ? 8 : 4);
+  return double(s.B) * s.H * s.N * s.N * double(c10::elementSize(s.dtype));
 }
 
 std::optional<Runner> make_expectation(const Shape& s, std::string& why) {

@@ -26,6 +26,10 @@
 //     O(N (m + Dv)) per such row. Outputs are thus within ~2 tau of the output's scale.
 // The backward follows the same split: FFT rows through the Toeplitz products, direct rows
 // directly, so gradients meet the same bound.
+// float32 inputs are computed in double (copies of the inputs, results rounded once): in float
+// the FFT's rounding, relative to a head's largest term, fails the check for nearly every row as
+// soon as the keys' log-scales span ~10 (FAVOR+ at D = 64 does), and the direct sums would make
+// the operator O(N^2).
 //
 // Rows with no key (all masked, or causal before the first key) give zero outputs and zero
 // gradients; so does a zero denominator with eps = 0. Masked keys are never read: any value

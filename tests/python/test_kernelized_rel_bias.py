@@ -333,3 +333,30 @@ def test_feature_map_op_is_the_kernels_map(feature_map):
     assert torch.autograd.gradcheck(
         lambda t: longattn.feature_map(t, feature_map=feature_map, projection=omega, key_padding_mask=mask),
         (xg,))
+
+
+@pytest.mark.parametrize("scale", [1.0, 64 ** -0.25])
+def test_float32_favor_features_stay_on_the_fft_path(scale):
+    """FAVOR+ keys at D = 64 span e^8 (q, k scaled by D^-1/4, as the modules do) to e^40 (raw) in
+    their log-scales. In float32 the FFT's rounding could not resolve such rows: every row fell to
+    the O(N) direct sum, making the operator O(N^2). float32 is now computed in double: it takes
+    the direct sum exactly where float64 does (no row at the modules' scale; some at the raw
+    scale, where even double's FFT cannot resolve rows e^40 below the head's largest term), and
+    its result is float64's, rounded."""
+    ops = torch.ops.longattn
+    g = torch.Generator().manual_seed(0)
+    B, H, N, D = 1, 2, 1024, 64
+    q, k, v = (torch.randn(B, H, N, D, generator=g) * s for s in (scale, scale, 1.0))
+    w = longattn.random_features(64, D, seed=0)
+    b = 0.1 * torch.randn(H, 2 * N - 1, generator=g)
+    fq, _, _ = ops._feature_map_forward(q, "favor", w, None)
+    fk, ck, _ = ops._feature_map_forward(k, "favor", w, None)
+    R = ck.amax(2, True).expand_as(ck).contiguous()
+    assert (ck.amax(2) - ck.amin(2)).min() > 6  # the spread this test is about
+    out, den, direct = ops._kernelized_rpe_forward(fq, fk, v, b, ck, R, None, False, 0.0)
+    out64, _, direct64 = ops._kernelized_rpe_forward(fq.double(), fk.double(), v.double(), b.double(), ck.double(),
+                                                     R.double(), None, False, 0.0)
+    assert torch.equal(direct, direct64)
+    if scale < 1:
+        assert direct.sum().item() == 0
+    torch.testing.assert_close(out.double(), out64, rtol=0, atol=1e-5 * out64.abs().max().item())
