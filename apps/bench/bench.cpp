@@ -168,6 +168,7 @@ void write_json(const std::string& path, const std::vector<Record>& recs, double
 std::string shape_label(const Shape& s) {
   std::ostringstream o;
   o << "B=" << s.B << " H=" << s.H << " N=" << s.N << " D=" << s.D;
+  if (s.dtype != at::kFloat) o << " " << dtype_name(s.dtype);
   for (auto& [k, v] : s.extra) o << " " << k << "=" << v;
   return o.str();
 }
@@ -221,7 +222,7 @@ int run_bench(const Args& args) {
                {"warmup", "warm-up runs (default 1; the first also measures memory)"},
                {"budget", "seconds per measurement before repetitions are cut (default 20)"},
                {"threads", "thread count (default 2)"},
-               {"dtype", "float32, float64, bfloat16 or float16 (default float32)"},
+               {"dtype", "float32, float64, bfloat16 and/or float16, comma-separated: each case in each, side by side (default float32)"},
                {"max-gib", "skip cases whose estimated working set exceeds this (default 16)"},
                {"json", "write results as JSON to this file (default: none)"},
                {"md", "write the Markdown table to this file (default: none)"},
@@ -248,7 +249,14 @@ int run_bench(const Args& args) {
   for (auto& m : modes)
     if (m != "fwd" && m != "fwd+bwd")
       throw UsageError("flag --modes got '" + m + "'; allowed: fwd, fwd+bwd");
-  std::string dtype = flags.get_choice("dtype", "float32", {"float32", "float64", "bfloat16", "float16"});
+  std::vector<at::ScalarType> dtypes;
+  for (auto& d : flags.get_list("dtype", {"float32"})) {
+    if (d == "float32") dtypes.push_back(at::kFloat);
+    else if (d == "float64") dtypes.push_back(at::kDouble);
+    else if (d == "bfloat16") dtypes.push_back(at::kBFloat16);
+    else if (d == "float16") dtypes.push_back(at::kHalf);
+    else throw UsageError("flag --dtype got '" + d + "'; allowed: float32, float64, bfloat16, float16");
+  }
   const auto ns = flags.get_int_list("n", {}, 1);
   const auto causals = flags.get_int_list("causal", {}, 0, 1);
   const auto biases = flags.get_int_list("rel-bias", {}, 0, 1);
@@ -285,24 +293,21 @@ int run_bench(const Args& args) {
       if (flags.has("b")) base.B = b_flag;
       if (flags.has("h")) base.H = h_flag;
       if (flags.has("d")) base.D = d_flag;
-      base.dtype = dtype == "float64"    ? at::kDouble
-                   : dtype == "bfloat16" ? at::kBFloat16
-                   : dtype == "float16"  ? at::kHalf
-                                         : at::kFloat;
       std::vector<int64_t> n_axis = ns.empty() ? std::vector<int64_t>{base.N} : ns;
       std::vector<int64_t> c_axis = causals.empty() ? std::vector<int64_t>{base.causal} : causals;
       std::vector<int64_t> b_axis = biases.empty() ? std::vector<int64_t>{base.rel_bias} : biases;
       for (auto n : n_axis)
         for (auto c : c_axis)
-          for (auto b : b_axis) {
-            Shape s = base;
-            s.N = n, s.causal = c != 0, s.rel_bias = b != 0;
-            bool dup = false;
-            for (auto& e : expanded)
-              dup |= e.N == s.N && e.B == s.B && e.H == s.H && e.D == s.D && e.causal == s.causal &&
-                     e.rel_bias == s.rel_bias && e.extra == s.extra;
-            if (!dup) expanded.push_back(s);
-          }
+          for (auto b : b_axis)
+            for (auto dt : dtypes) {
+              Shape s = base;
+              s.N = n, s.causal = c != 0, s.rel_bias = b != 0, s.dtype = dt;
+              bool dup = false;
+              for (auto& e : expanded)
+                dup |= e.N == s.N && e.B == s.B && e.H == s.H && e.D == s.D && e.causal == s.causal &&
+                       e.rel_bias == s.rel_bias && e.extra == s.extra && e.dtype == s.dtype;
+              if (!dup) expanded.push_back(s);
+            }
     }
     for (auto& shape : expanded) {
       for (auto& c : suite.cases) {

@@ -84,6 +84,24 @@ def test_llama_padded_logits_match_sdpa(kv_heads, left, calls):
         assert not torch.allclose(unpadded[keep], ref[keep], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_llama_half_precision_logits_match_float32(dtype, calls):
+    """A half-precision model runs on longattn (no fallback), and its logits are as close to the
+    float32 model's as sdpa's half-precision logits are (the rule of tests/test_half_precision)."""
+    model = llama()
+    ids, mask = padded_batch([23, 9, 17], 23, left=True)
+    ref = logits(model, "sdpa", ids, mask)
+    half = llama().to(dtype)
+    with no_fallback():
+        got = logits(half, "longattn", ids, mask)
+    low = logits(half, "sdpa", ids, mask)
+    assert calls and got.dtype == dtype
+    keep = mask.bool()
+    err = (got[keep].float() - ref[keep]).abs().max().item()
+    err_sdpa = (low[keep].float() - ref[keep]).abs().max().item()
+    assert err <= 2 * err_sdpa + 1e-3, (err, err_sdpa)
+
+
 def test_llama_unpadded_batch_uses_plain_causal(calls):
     model = llama()
     ids, mask = padded_batch([16, 16], 16, left=True)

@@ -13,7 +13,7 @@ plain causal or plain bidirectional, the mask function hands the attention funct
 :class:`CompactMask` (``causal`` and a ``[B, Nk]`` key padding mask), which is exactly what the
 operator takes. Everything else (a sliding window, packed sequences, a custom 4-D mask, a causal
 mask not aligned on the diagonal as in chunked prefill, attention dropout in training, softcapping,
-position biases, dtypes other than float32/float64) goes to transformers' ``sdpa`` implementation,
+position biases, dtypes other than float32/float64/bfloat16/float16) goes to transformers' ``sdpa`` implementation,
 with a warning the first time each reason occurs, so a model always runs and is never silently
 wrong.
 """
@@ -125,8 +125,8 @@ def _unsupported(module, query, key, attention_mask, dropout, kwargs):
         return "a paged cache (continuous batching)"
     if query.device.type != "cpu":
         return f"tensors on {query.device.type} (longattn runs on the CPU)"
-    if query.dtype not in (torch.float32, torch.float64):
-        return f"dtype {query.dtype} (longattn takes float32 and float64)"
+    if query.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        return f"dtype {query.dtype} (longattn takes float32, float64, bfloat16 and float16)"
     if key.shape[1] == 0 or query.shape[1] % key.shape[1]:
         return f"{query.shape[1]} query heads over {key.shape[1]} key/value heads"
     return None
