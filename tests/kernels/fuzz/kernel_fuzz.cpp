@@ -799,6 +799,31 @@ void kernelized_rpe_case(Bytes& in, uint64_t seed, Stats& st) {
   Mask mask = make_mask(in, B, N, seed + 6);
   p.key_padding_mask = mask.present ? mask.buf.ptr() : nullptr;
   p.mask_stride_b = mask.stride;
+  const bool finite = moderate(phi_q) && moderate(phi_k) && moderate(v) && moderate(l) && moderate(mu) &&
+                      [&] {  // -inf offsets are part of the contract
+                        for (int64_t i = 0; i < bias.len; ++i)
+                          if (bias.inside[size_t(i)] && std::isfinite(double(bias.data[size_t(i)])) &&
+                              std::abs(double(bias.data[size_t(i)])) > 10)
+                            return false;
+                        return true;
+                      }();
+  // Masked keys are never read (the header): NaN and inf in their phi_k, v and log-scale must
+  // reach no output and no gradient, so some cases poison them after judging the inputs above.
+  if (mask.present && (in.u8() & 1)) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < N; ++j) {
+        if (mask.allowed(b, j)) continue;
+        for (int64_t h = 0; h < H; ++h) {
+          std::fill_n(fk.row(b, h, j), m, std::numeric_limits<T>::quiet_NaN());
+          std::fill_n(const_cast<T*>(p.v.row(b, h, j)), Dv, T(INFINITY));
+          if (has_l) l.data[size_t((b * H + h) * N + j)] = T(-INFINITY);
+        }
+      }
+    describe("masked-keys:poisoned");
+    snapshot(phi_k);
+    snapshot(v);
+    snapshot(l);
+  }
   BHND<T> outv;
   auto out = output_tensor<T>("out", in, B, H, N, Dv, &outv);
   auto den = flat<T>("den", B * H * N, output_pad<T>());
@@ -811,14 +836,6 @@ void kernelized_rpe_case(Bytes& in, uint64_t seed, Stats& st) {
   check_output(direct);
   for (int64_t i = 0; i < direct.len; ++i)
     if (direct.data[size_t(i)] > 1) fail("direct[%lld] = %d, want 0 or 1", (long long)i, direct.data[size_t(i)]);
-  const bool finite = moderate(phi_q) && moderate(phi_k) && moderate(v) && moderate(l) && moderate(mu) &&
-                      [&] {  // -inf offsets are part of the contract
-                        for (int64_t i = 0; i < bias.len; ++i)
-                          if (bias.inside[size_t(i)] && std::isfinite(double(bias.data[size_t(i)])) &&
-                              std::abs(double(bias.data[size_t(i)])) > 10)
-                            return false;
-                        return true;
-                      }();
   if (finite) {
     ++st.finite_checked[kKernelizedRpe];
     check_finite(out);
