@@ -2,6 +2,9 @@
 #include "kernels/common/cpu_features.h"
 
 #include <omp.h>
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__clang__)
+#include <cpuid.h>
+#endif
 
 #include <atomic>
 #include <cstdlib>
@@ -17,10 +20,29 @@ CpuFeatures cpu_features() {
   f.avx2 = __builtin_cpu_supports("avx2");
   f.fma = __builtin_cpu_supports("fma");
   f.avx512f = __builtin_cpu_supports("avx512f");
+#if defined(__clang__) && __clang_major__ < 16
+  // Older clang (the libFuzzer build, docs/fuzzing.md) names neither the x86-64-v3/v4 levels
+  // nor amx-bf16 here: the levels from their features (the AVX ones with the OS's register
+  // support, as above), F16C, MOVBE and LZCNT read by cpuid; AMX-BF16 only informs `longattn info`.
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  __get_cpuid(1, &a, &b, &c, &d);
+  const bool f16c = c & (1u << 29), movbe = c & (1u << 22);
+  unsigned ext_c = 0;
+  if (__get_cpuid(0x80000001u, &a, &b, &ext_c, &d) == 0) ext_c = 0;
+  const bool lzcnt = ext_c & (1u << 5);
+  f.x86_64_v3 = f.avx2 && f.fma && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") && f16c &&
+                movbe && lzcnt;
+  f.x86_64_v4 = f.x86_64_v3 && f.avx512f && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+                __builtin_cpu_supports("avx512vl");
+  f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
+  f.amx_bf16 = false;
+#else
   f.x86_64_v3 = __builtin_cpu_supports("x86-64-v3");
   f.x86_64_v4 = __builtin_cpu_supports("x86-64-v4");
   f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
   f.amx_bf16 = __builtin_cpu_supports("amx-bf16");
+#endif
 #elif defined(__aarch64__)
   f.neon = true;
 #endif

@@ -14,10 +14,13 @@ LONGATTN_ISA_BEGIN
 inline float vexp(float x) {
   const float lo = -87.3f, hi = 88.3f;
   const bool under = x < lo;
+  // n from a copy where NaN becomes lo: converting NaN to an integer (and shifting the result)
+  // would be undefined behaviour; x itself keeps the NaN, which reaches the result through r.
+  const float xn = x > lo ? (x < hi ? x : hi) : lo;
   x = x < lo ? lo : (x > hi ? hi : x);
   // Round to nearest by the 1.5 * 2^23 trick (floor does not vectorise without
   // -fno-trapping-math); |x log2 e| < 2^22 here.
-  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  const float n = (xn * 1.44269504088896341f + 12582912.f) - 12582912.f;
   const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.f / 5040;
   p = p * r + 1.f / 720;
@@ -34,8 +37,9 @@ inline float vexp(float x) {
 inline double vexp(double x) {
   const double lo = -708.0, hi = 709.0;
   const bool under = x < lo;
+  const double xn = x > lo ? (x < hi ? x : hi) : lo;  // NaN -> lo, as for float
   x = x < lo ? lo : (x > hi ? hi : x);
-  const double n = (x * 1.4426950408889634074 + 6755399441055744.0) - 6755399441055744.0;
+  const double n = (xn * 1.4426950408889634074 + 6755399441055744.0) - 6755399441055744.0;
   const double r = (x - n * 6.93145751953125e-1) - n * 1.42860682030941723212e-6;
   double p = 1.0 / 6227020800.0;  // 1/13!
   const double inv_fact[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,

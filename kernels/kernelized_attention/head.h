@@ -65,10 +65,12 @@ struct Head {
     feature_map_forward(fm, q + i0 * sq, sq, n, phi, m, c, arg);
   }
 
-  // 1 / (d + eps), or 0 when that is not positive (eps = 0 and no weight).
+  // 1 / (d + eps), or 0 when that is not positive (eps = 0 and no weight) or not finite (a
+  // denominator below the normal range, whose reciprocal overflows: counted as an underflow).
   T inverse_denominator(T d) const {
     const T den = d + eps;
-    return den > T(0) ? T(1) / den : T(0);
+    const T inv = den > T(0) ? T(1) / den : T(0);
+    return inv <= std::numeric_limits<T>::max() ? inv : T(0);
   }
 };
 

@@ -17,7 +17,7 @@
 // Denominators: all features are non-negative, so d_i >= 0. With eps = 0 a zero
 // denominator (no key takes part, relu features that never overlap, or exponentials that
 // underflow when keys differ by more than ~87 in float) gives a zero output and zero
-// gradient, never NaN.
+// gradient, never NaN; so does a denominator below T's normal range (its reciprocal overflows).
 //
 // Cost per (b, h): O(N m Dv) time and O(m Dv) state. Non-causal: one pass over the keys
 // (S, s by GEMM), one over the queries. Causal: chunks of `chunk` tokens; inside a chunk the

@@ -280,7 +280,9 @@ void forward_impl(const KernelizedRpeParams<T>& p, BHND<T> out, KernelizedRpeRow
       double a1 = 0;
       for (int64_t mm = 0; mm < m; ++mm) a1 += std::abs(double(a[mm]));
       const T e = static_cast<T>(eps_scaled(p.eps, &mu_i, sl.G(i)));
-      if (r[Dv] > T(0) && noise * a1 <= kTau<T> * (double(r[Dv]) + double(e))) {
+      // A denominator below T's normal range goes to the direct path too: its reciprocal would
+      // overflow to inf (and it has lost its relative precision anyway).
+      if (r[Dv] >= std::numeric_limits<T>::min() && noise * a1 <= kTau<T> * (double(r[Dv]) + double(e))) {
         dn = r[Dv] + e;
         const T inv = std::isfinite(dn) ? T(1) / dn : T(0);
         for (int64_t d = 0; d < Dv; ++d) o[d] = r[d] * inv;

@@ -1,5 +1,6 @@
 // YOSO hashing: m hash functions of τ sign bits per (b, h), Gaussian or Hadamard pseudo-rotation,
 // and the stable radix sort that turns codes into buckets.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -130,7 +131,8 @@ void hash_block_hadamard(const YosoParams<T>& p, const BHND<const T>& x, int64_t
       const int64_t hh = rot * s.per_rotation + c;
       if (hh >= m) break;
       int32_t* out = codes + hh * x.N + r0;
-      int32_t acc[rb] = {};
+      int32_t acc[kRowBlock];  // rb <= kRowBlock; a fixed size, not a variable-length array (clang)
+      std::fill_n(acc, rb, 0);
       for (int t = 0; t < tau; ++t) {
         const T* y = yt + (c * tau + t) * rb;
         for (int64_t r = 0; r < rb; ++r) acc[r] |= int32_t(y[r] > T(0)) << t;

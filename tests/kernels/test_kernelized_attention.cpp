@@ -184,6 +184,22 @@ TEST(KernelizedAttention, NoKeyGivesZeros) {
     }
 }
 
+// A denominator below float's normal range (relu features of subnormal keys, eps = 0) has a
+// reciprocal that overflows: the kernel multiplied the numerator by inf and wrote inf/NaN.
+// Found by the kernel fuzzer (docs/fuzzing.md). Such a denominator now counts as zero, as an
+// underflow does (kernelized_attention.h): finite outputs and gradients, inv_denom 0.
+TEST(KernelizedAttention, SubnormalDenominatorGivesFiniteOutputs) {
+  for (bool causal : {false, true}) {
+    Problem p = make_problem(FeatureMap::relu, causal, false, 1, 2, 73, 4, 23, 51);
+    p.eps = 0;
+    for (double& x : p.k) x *= 1e-41;  // float subnormals: every weight is ~1e-41
+    const auto G = testing_ref::random_vector<double>(p.B * p.H * p.Nq * p.Dv, 52);
+    const auto r = run_kernel<float>(p, &G);
+    for (auto* g : {&r.out, &r.gk, &r.gv})
+      for (double x : *g) ASSERT_TRUE(std::isfinite(x)) << "causal=" << causal;
+  }
+}
+
 // SIKF is shift invariant: a constant added to one query row, or to every key of one head,
 // leaves the output unchanged up to rounding (the exponents x - c are then computed from
 // rounded x + a, |x + a| <= 6: relative weight change <= 2 * 6 u, so 1e-5 max|v| is ample in

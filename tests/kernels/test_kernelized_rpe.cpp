@@ -317,6 +317,26 @@ TEST(KernelizedRpe, EmptyRowsGiveZeros) {
   }
 }
 
+// A denominator below float's normal range (subnormal query features, eps = 0): the FFT path
+// took 1 / den, which overflowed to inf, and the row came out as inf or NaN. Found by the kernel
+// fuzzer (docs/fuzzing.md); such rows now take the direct path. The output is a weighted mean of
+// v, so it matches the dense formula (and is finite); so are the gradients of phi_k, v and the
+// bias (those of phi_q, ~|v| / den ~ 1e40 here, exceed float's range: no finite answer exists).
+TEST(KernelizedRpe, SubnormalDenominatorsGiveFiniteOutputs) {
+  for (bool causal : {false, true}) {
+    const int64_t N = 63, m = 8, Dv = 7;
+    Problem pr(1, 2, N, m, Dv, causal, 11);
+    for (double& x : pr.a) x *= 1e-41;  // subnormal in float: a_i . K_j ~ 1e-40
+    auto gz = testing_ref::random_vector<double>(2 * N * Dv, 12);
+    auto r = pr.run<float>(gz);
+    const auto ref = pr.dense();
+    for (size_t i = 0; i < ref.size(); ++i)
+      ASSERT_NEAR(double(r.z[i]), ref[i], 1e-4 * max_abs(ref)) << "causal=" << causal << " element " << i;
+    for (auto* g : {&r.gk, &r.gv, &r.gb})
+      for (float x : *g) ASSERT_TRUE(std::isfinite(x)) << "causal=" << causal;
+  }
+}
+
 // Masked keys are never read: NaN and +-inf in their phi_k, v and log-scale change no output
 // and no gradient (bit for bit against zeros there), in both dtypes, causal or not.
 TEST(KernelizedRpe, MaskedKeysAreNeverRead) {

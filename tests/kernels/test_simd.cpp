@@ -2,9 +2,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "kernels/common/simd.h"
+#include "kernels/common/vec_exp.h"
 #include "reference.h"
 
 using namespace longattn::kernels;
@@ -24,6 +26,23 @@ TEST(Simd, Exp2MatchesLibmAndUnderflowsToExactZero) {
   EXPECT_EQ(simd::exp2(-INFINITY), 0.0f);
   EXPECT_EQ(simd::exp2(-200.0f), 0.0f);
   EXPECT_EQ(simd::exp2(0.0f), 1.0f);
+}
+
+// vexp of NaN is NaN. Found by the kernel fuzzer (docs/fuzzing.md): a NaN feature of sikf/favor
+// reached vexp, which converted NaN to an integer and shifted the negative result left, undefined
+// behaviour that the sanitizer build's UBSan stops on (elsewhere the result was NaN by luck).
+TEST(VecExp, NanGivesNanAndInfinitiesTheirLimits) {
+  // volatile: evaluated at run time, where UBSan sees it (not folded by the compiler).
+  volatile float nf = std::numeric_limits<float>::quiet_NaN();
+  volatile double nd = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_TRUE(std::isnan(vexp(nf)));
+  EXPECT_TRUE(std::isnan(vexp(nd)));
+  EXPECT_EQ(vexp(-INFINITY), 0.0f);
+  EXPECT_EQ(vexp(-double(INFINITY)), 0.0);
+  EXPECT_TRUE(std::isfinite(vexp(INFINITY)) && vexp(INFINITY) > 1e38f);  // capped at the largest result
+  EXPECT_TRUE(std::isfinite(vexp(double(INFINITY))) && vexp(double(INFINITY)) > 1e307);
+  EXPECT_NEAR(vexp(1.0f), std::exp(1.0), 4e-7 * std::exp(1.0));
+  EXPECT_NEAR(vexp(1.0), std::exp(1.0), 4e-16 * std::exp(1.0));
 }
 
 TEST(Simd, RowOperationsMatchScalarLoops) {
