@@ -61,6 +61,20 @@ void check_float_dtype(const char* op, const char* name, const at::Tensor& t) {
   }
 }
 
+namespace {
+
+void check_same_device(const char* op, const char* ref_name, const at::Tensor& ref, const char* name,
+                       const at::Tensor& t) {
+  if (t.device() != ref.device()) {
+    std::ostringstream s;
+    s << name << " must be on the device of " << ref_name << " (" << ref.device() << "), got "
+      << t.device();
+    fail(op, s.str());
+  }
+}
+
+}  // namespace
+
 void check_same_dtype_device(const char* op, const char* ref_name, const at::Tensor& ref,
                              const char* name, const at::Tensor& t) {
   if (t.scalar_type() != ref.scalar_type()) {
@@ -69,12 +83,7 @@ void check_same_dtype_device(const char* op, const char* ref_name, const at::Ten
       << t.scalar_type();
     fail(op, s.str());
   }
-  if (t.device() != ref.device()) {
-    std::ostringstream s;
-    s << name << " must be on the device of " << ref_name << " (" << ref.device() << "), got "
-      << t.device();
-    fail(op, s.str());
-  }
+  check_same_device(op, ref_name, ref, name, t);
 }
 
 void check_param_dtype_device(const char* op, const char* ref_name, const at::Tensor& ref,
@@ -86,12 +95,7 @@ void check_param_dtype_device(const char* op, const char* ref_name, const at::Te
       << (half_ref ? " or float32" : "") << ", got " << t.scalar_type();
     fail(op, s.str());
   }
-  if (t.device() != ref.device()) {
-    std::ostringstream s;
-    s << name << " must be on the device of " << ref_name << " (" << ref.device() << "), got "
-      << t.device();
-    fail(op, s.str());
-  }
+  check_same_device(op, ref_name, ref, name, t);
 }
 
 void check_cpu(const char* op, const at::Tensor& t) {
