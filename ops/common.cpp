@@ -1,5 +1,6 @@
 #include "ops/common.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -17,7 +18,6 @@ QkvSizes check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, con
   check_float_dtype(op, "q", q);
   check_same_dtype_device(op, "q", q, "k", k);
   check_same_dtype_device(op, "q", q, "v", v);
-  check_cpu(op, q);
   QkvSizes s{q.sym_size(0), q.sym_size(1), q.sym_size(2), k.sym_size(2), q.sym_size(3),
              v.sym_size(3)};
   check_shape(op, "k", k, {s.B, s.H, -1, s.D}, "[B, H, Nk, D]");
@@ -51,6 +51,15 @@ double logit_scale(const char* op, c10::optional<double> scale, const c10::SymIn
   const double s = scale ? *scale : (d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 1.0);
   if (!std::isfinite(s)) fail(op, "scale must be finite, got " + std::to_string(s));
   return s;
+}
+
+bool takes_reference_path(const char* op, c10::string_view path, const at::Tensor& t) {
+  const bool reference = option_code(op, "path", path, {"fused", "reference"}) == 1;
+  return reference || !(t.device().is_cpu() || t.device().is_meta());
+}
+
+int64_t reference_chunk_rows(int64_t per_row) {
+  return per_row <= 0 ? kReferenceChunkElements : std::max<int64_t>(1, kReferenceChunkElements / per_row);
 }
 
 at::Tensor empty_like_sizes(const at::Tensor& t, c10::SymIntArrayRef sizes) {

@@ -56,6 +56,25 @@ OptTensor checked_key_mask(const char* op, const OptTensor& mask, const c10::Sym
 int64_t option_code(const char* op, const char* option, c10::string_view value,
                     std::initializer_list<const char*> known);
 
+// The path an operator takes. Every operator has two implementations: the fused CPU kernel
+// (kernels/, through the `_<op>_forward/_backward` CPU kernels) and the reference path
+// (ops/reference/): the same formula written with ATen operations, device-generic and never
+// holding an N x N tensor. The reference path is registered for every device without a fused
+// kernel (CUDA, XPU, MPS, ...: the internal operators' CompositeExplicitAutograd kernels), and on
+// CPU the public operators' keyword `path="reference"` selects it. True when `t` (the operator's
+// main input) takes the reference path: `path` is "fused" (the default) or "reference", anything
+// else fails naming both; a non-CPU tensor takes it whatever `path` says ("fused" means "the
+// fastest there is"); Meta tensors keep the fused path, whose Meta kernels describe it.
+bool takes_reference_path(const char* op, c10::string_view path, const at::Tensor& t);
+
+// The reference path's working-set budget, in elements: a chunk of query rows (or channels) is
+// sized so that its largest temporary ([B, H, rows, N] logits, say) holds at most this many
+// elements (at least one row per chunk). 2^24 elements = 64 MiB of float32. docs/reference_path.md
+// states each operator's peak memory in terms of it.
+constexpr int64_t kReferenceChunkElements = int64_t(1) << 24;
+// Rows per chunk when one row costs `per_row` elements: max(1, budget / per_row).
+int64_t reference_chunk_rows(int64_t per_row);
+
 // The scale of the logits: `scale` if given (and finite), otherwise 1/sqrt(D) (1 for D = 0).
 double logit_scale(const char* op, c10::optional<double> scale, const c10::SymInt& D);
 
