@@ -50,7 +50,7 @@ torch::Tensor FastRPBImpl::coefficients(int64_t n, bool rows) const {
     throw std::invalid_argument("FastRPB: " + std::to_string(n) + " positions, but the bias covers " +
                                 std::to_string(M));
   if (options_.kind == "full") return w.slice(1, M - n, M + n - 1);  // offsets -(n-1) .. n-1
-  auto idx = torch::arange(-(n - 1), n, torch::kLong).abs();
+  auto idx = torch::arange(-(n - 1), n, w.options().dtype(torch::kLong).requires_grad(false)).abs();
   return w.index_select(1, idx);
 }
 

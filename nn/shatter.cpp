@@ -82,7 +82,7 @@ at::Tensor ShatterImpl::forward(const at::Tensor& x, const c10::optional<at::Ten
   auto k = k_proj ? k_proj(x) : x;
   // [B, N, P*Dv] -> [B, P, N, Dv] as a strided view: the operator takes it without a copy.
   auto v = v_proj(x).view({B, N, options.num_parts(), options.value_dim()}).transpose(1, 2);
-  auto pi = partition(N).to(x.scalar_type());
+  auto pi = partition(N).to(x.device(), x.scalar_type());  // a fixed partition has no weight to place it
   ShatterAttentionOptions o;
   o.activation = options.activation();
   o.causal = options.causal();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 namespace longattn::ops {
@@ -55,7 +56,15 @@ double logit_scale(const char* op, c10::optional<double> scale, const c10::SymIn
 
 bool takes_reference_path(const char* op, c10::string_view path, const at::Tensor& t) {
   const bool reference = option_code(op, "path", path, {"fused", "reference"}) == 1;
-  return reference || !(t.device().is_cpu() || t.device().is_meta());
+  return reference || reference_path_forced() || !(t.device().is_cpu() || t.device().is_meta());
+}
+
+bool reference_path_forced() {
+  // Read at every call (a getenv is cheap beside an operator) so a test may set and unset it.
+  const char* v = std::getenv("LONGATTN_PATH");
+  if (v == nullptr || *v == '\0' || std::string(v) == "fused") return false;
+  if (std::string(v) == "reference") return true;
+  fail("LONGATTN_PATH", std::string("must be 'fused' or 'reference' (or unset), got '") + v + "'");
 }
 
 int64_t reference_chunk_rows(int64_t per_row) {

@@ -65,7 +65,11 @@ int64_t option_code(const char* op, const char* option, c10::string_view value,
 // main input) takes the reference path: `path` is "fused" (the default) or "reference", anything
 // else fails naming both; a non-CPU tensor takes it whatever `path` says ("fused" means "the
 // fastest there is"); Meta tensors keep the fused path, whose Meta kernels describe it.
+// The environment variable LONGATTN_PATH=reference sends every call to the reference path (as
+// LONGATTN_ISA forces an instruction-set level): a whole model or `longattn train` on CPU then runs
+// the code a GPU runs, for tests and comparisons.
 bool takes_reference_path(const char* op, c10::string_view path, const at::Tensor& t);
+bool reference_path_forced();
 
 // The reference path's working-set budget, in elements: a chunk of query rows (or channels) is
 // sized so that its largest temporary ([B, H, rows, N] logits, say) holds at most this many

@@ -2,6 +2,8 @@
 #include <torch/library.h>
 
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "kernels/common/blas.h"
 #include "kernels/common/cpu_features.h"
@@ -9,6 +11,45 @@
 
 namespace longattn::ops {
 namespace {
+
+// Each public operator and the internal operators that compute it. Where each runs is read from
+// the dispatcher (which kernels are registered), so `longattn info` reports what is, not a list.
+struct OperatorKernels {
+  const char* name;
+  std::vector<const char*> internal;
+};
+const std::vector<OperatorKernels>& operator_kernels() {
+  static const std::vector<OperatorKernels> ops = {
+      {"softmax_attention", {"_softmax_attention_forward", "_softmax_attention_backward"}},
+      {"kernelized_attention", {"_kernelized_attention_forward", "_kernelized_attention_backward",
+                                "_feature_map_forward", "_feature_map_backward", "_kernelized_rpe_forward",
+                                "_kernelized_rpe_backward"}},
+      {"kernelized_rpe_attention", {"_kernelized_rpe_forward", "_kernelized_rpe_backward"}},
+      {"feature_map", {"_feature_map_forward", "_feature_map_backward"}},
+      {"toeplitz_matmul", {"_toeplitz_matmul_forward", "_toeplitz_matmul_backward"}},
+      {"toeplitz_matmul_2d", {"_toeplitz_matmul_2d_forward", "_toeplitz_matmul_2d_backward"}},
+      {"yoso_attention", {"_yoso_hash", "_yoso_forward", "_yoso_backward_lsh"}},
+      {"yoso_expectation", {"_yoso_expectation_forward", "_yoso_expectation_backward"}},
+      {"shatter_attention", {"_shatter_attention_forward", "_shatter_attention_backward"}},
+      {"dropout", {"_dropout_apply"}},
+  };
+  return ops;
+}
+
+// "CPU fused + reference; other devices: reference" when every internal operator has both a CPU
+// kernel and a device-generic (CompositeExplicitAutograd) one; otherwise what is missing.
+std::string devices_of(const OperatorKernels& o) {
+  bool cpu = true, generic = true;
+  for (const char* name : o.internal) {
+    auto h = c10::Dispatcher::singleton().findOp({std::string("longattn::") + name, ""});
+    if (!h) return "not registered";
+    cpu = cpu && h->hasKernelForDispatchKey(c10::DispatchKey::CPU);
+    generic = generic && h->hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutograd);
+  }
+  std::string s = cpu ? "CPU fused kernel" : "CPU: no fused kernel";
+  s += generic ? " + reference path; CUDA, XPU, MPS, other devices: reference path" : "; other devices: none";
+  return s;
+}
 
 std::string build_info() {
   std::ostringstream s;
@@ -19,7 +60,10 @@ std::string build_info() {
 #endif
     << "\n"
     << "blas=" << kernels::blas_backend() << "\n"
-    << "fft=longattn built-in (channel-vectorised radix-2/4)\n";
+    << "fft=longattn built-in (channel-vectorised radix-2/4)\n"
+    << "paths=fused (CPU kernels, the default) or reference (ATen operations, any device): keyword "
+       "path='reference', or LONGATTN_PATH=reference for every call\n";
+  for (const auto& o : operator_kernels()) s << "device." << o.name << "=" << devices_of(o) << "\n";
   return s.str();
 }
 

@@ -1,6 +1,8 @@
 // `longattn info`: what this build is and what it runs on.
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/Context.h>
+#include <torch/cuda.h>
 #include <torch/version.h>
 
 #include <iostream>
@@ -55,6 +57,10 @@ int run_info(const Args& args) {
   std::cout << "  distributed (c10d): Gloo " << (train::distributed_gloo_built() ? "yes" : "no (no Gloo headers at build time)")
             << ", NCCL " << (train::distributed_nccl_built() ? "yes" : "no (CPU-only operators)")
             << " (`longattn train --nproc N`, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT)\n";
+  const auto cuda = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
+  std::cout << "  devices torch sees: cpu" << (cuda > 0 ? ", cuda x " + std::to_string(cuda) : "")
+            << (at::globalContext().hasXPU() ? ", xpu" : "") << (at::globalContext().hasMPS() ? ", mps" : "")
+            << " (`longattn train --device`; operators on a non-CPU device take the reference path)\n";
   return 0;
 }
 

@@ -96,6 +96,7 @@ int train_command(const app::Args& args) {
               {"eval-every", "evaluate and checkpoint every N steps, >= 0; 0: only at the end (default 200)"},
               {"log-every", "progress line every N steps when not on a terminal, >= 1 (default 20)"},
               {"threads", "intra-op threads, >= 0; 0: torch's default (default 0)"},
+              {"device", "cpu (the fused kernels) or a device torch sees: cuda, cuda:N, xpu, mps (the reference path) (default cpu)"},
               {"seed", "random seed in [0, 2^64 - 1] (default 0)"},
               {"out", "folder for checkpoints and metrics.jsonl (default: none, keeps nothing)"},
               {"stop-after", "stop (checkpointing) after this step as if interrupted, >= -1; -1: never (default -1)"},
@@ -160,6 +161,12 @@ int train_command(const app::Args& args) {
   c.eval_every = f.get_int("eval-every", 200, 0);
   c.log_every = f.get_int("log-every", 20, 1);
   c.threads = int(f.get_int("threads", 0, 0, kMaxThreads));
+  c.device = f.get("device", "cpu");
+  try {
+    training_device(c.device);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
   c.seed = f.get_uint64("seed", 0);
   c.model.seed = c.seed;
   c.out_dir = f.get("out", "");

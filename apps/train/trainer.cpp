@@ -24,7 +24,7 @@ struct TensorBatch {
   int64_t real_tokens = 0;
 };
 
-TensorBatch to_tensors(const data::Batch& b) {
+TensorBatch to_tensors(const data::Batch& b, const torch::Device& device) {
   TensorBatch t;
   auto ids = [](const std::vector<int32_t>& v, int64_t rows, int64_t cols) {
     return torch::from_blob(const_cast<int32_t*>(v.data()), {rows, cols}, torch::kInt32).to(torch::kLong);
@@ -40,6 +40,10 @@ TensorBatch to_tensors(const data::Batch& b) {
   }
   t.labels = torch::from_blob(const_cast<int32_t*>(b.labels.data()), {b.batch}, torch::kInt32).to(torch::kLong);
   t.real_tokens = b.real_tokens;
+  if (!device.is_cpu()) {
+    for (torch::Tensor* x : {&t.tokens, &t.mask, &t.tokens2, &t.mask2, &t.labels})
+      if (x->defined()) *x = x->to(device);
+  }
   return t;
 }
 
@@ -55,8 +59,22 @@ double lr_at(const TrainConfig& c, int64_t step) {  // step counts from 0
   return c.lr * std::max(0.0, 1.0 - double(step - c.warmup) / rest);
 }
 
+// AdamW's moments live where the parameters do; a checkpoint holds them on the CPU.
+void move_optimizer_state(torch::optim::AdamW& opt, const torch::Device& device) {
+  for (auto& entry : opt.state()) {
+    auto& st = static_cast<torch::optim::AdamWParamState&>(*entry.second);
+    if (st.exp_avg().defined()) st.exp_avg(st.exp_avg().to(device));
+    if (st.exp_avg_sq().defined()) st.exp_avg_sq(st.exp_avg_sq().to(device));
+    if (st.max_exp_avg_sq().defined()) st.max_exp_avg_sq(st.max_exp_avg_sq().to(device));
+  }
+}
+
 std::string serialize_state(nn::Classifier& model, torch::optim::AdamW& opt, int64_t step, double best, const std::string& config) {
   torch::serialize::OutputArchive root, m, o;
+  // Checkpoints are device-free: a run on one device resumes or evaluates on another.
+  const torch::Device device = model->parameters().front().device();
+  const bool moved = !device.is_cpu();
+  if (moved) model->to(torch::kCPU), move_optimizer_state(opt, torch::kCPU);
   model->save(m);
   opt.save(o);
   root.write("model", m);
@@ -70,7 +88,8 @@ std::string serialize_state(nn::Classifier& model, torch::optim::AdamW& opt, int
     root.write("cpu_rng", gen.get_state());
   }
   std::ostringstream os;
-  root.save_to(os);
+  root.save_to(os);  // the archive refers to the tensors: move them back only once it is written
+  if (moved) model->to(device), move_optimizer_state(opt, device);
   return os.str();
 }
 
@@ -97,6 +116,29 @@ void save_checkpoint(const std::string& path, nn::Classifier& model, torch::opti
 }
 
 }  // namespace
+
+torch::Device training_device(const std::string& name) {
+  c10::optional<torch::Device> d;
+  try {
+    d = torch::Device(name);
+  } catch (const c10::Error&) {
+  }
+  if (!d) throw std::invalid_argument("--device must name a torch device (cpu, cuda, cuda:1, xpu, mps), got '" + name + "'");
+  if (d->is_cpu()) return *d;
+  const bool available = d->is_cuda()  ? torch::cuda::is_available() && (!d->has_index() || d->index() < int(torch::cuda::device_count()))
+                         : d->is_xpu() ? at::globalContext().hasXPU()
+                         : d->is_mps() ? at::globalContext().hasMPS()
+                                       : false;
+  if (!available)
+    throw std::invalid_argument("--device '" + name + "': torch sees no such device in this process" +
+                                (d->is_cuda() ? " (torch::cuda::is_available() is " +
+                                                    std::string(torch::cuda::is_available() ? "true, with " +
+                                                                    std::to_string(torch::cuda::device_count()) + " devices)"
+                                                                                            : "false)")
+                                              : std::string()) +
+                                "; use --device cpu");
+  return *d;
+}
 
 void fit_model_to_data(nn::ModelConfig& m, const data::Splits& s) {
   m.vocab_size = s.train.vocab_size;
@@ -130,10 +172,11 @@ EvalResult evaluate(nn::Classifier& model, const data::Dataset& ds, int64_t batc
   std::iota(by_length.begin(), by_length.end(), size_t(0));
   std::stable_sort(by_length.begin(), by_length.end(), [&](size_t x, size_t y) { return len[x] < len[y]; });
   const size_t world = dist ? size_t(dist->world()) : 1, rank = dist ? size_t(dist->rank()) : 0;
+  const torch::Device device = model->parameters().front().device();
   for (size_t start = 0, chunk = 0; start < ds.size(); start += size_t(batch), ++chunk) {
     if (chunk % world != rank) continue;  // this rank's share of the batches
     std::vector<size_t> idx(by_length.begin() + long(start), by_length.begin() + long(std::min(ds.size(), start + size_t(batch))));
-    auto t = to_tensors(data::make_batch(ds, idx, batch_options(model->config())));
+    auto t = to_tensors(data::make_batch(ds, idx, batch_options(model->config())), device);
     auto logits = model->forward(t.tokens, t.mask, t.tokens2, t.mask2);
     loss_sum += torch::nn::functional::cross_entropy(logits, t.labels,
                                                      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
@@ -179,6 +222,10 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
   data::validate(splits.train);
   nn::ModelConfig mc = cfg.model;
   fit_model_to_data(mc, splits);
+  const torch::Device device = training_device(cfg.device);
+  if (dist && !device.is_cpu())
+    throw std::invalid_argument("train: data-parallel training runs on the CPU (Gloo); --device " + cfg.device +
+                                " with several processes is not supported yet");
   torch::manual_seed(cfg.seed);
   nn::Classifier model(mc);
   torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
@@ -216,6 +263,7 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(t_rng);
   }
+  if (!device.is_cpu()) model->to(device), move_optimizer_state(opt, device);
 
   Progress progress(cfg.steps, step, cfg.log_every, quiet);
   // A fresh run starts the log afresh; a resumed one keeps the lines up to its checkpoint's step
@@ -227,7 +275,8 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
     s << "model: " << mc.attention << (mc.fastrpb != "none" ? " + FastRPB " + mc.fastrpb : "") << ", " << mc.layers
       << " layers, dim " << mc.dim << ", " << mc.heads << " heads, ffn " << mc.ffn << ", max_len " << mc.max_len << ": "
       << res.parameters << " parameters; " << procs << res.threads << " threads; kernels "
-      << kernels::isa_name(kernels::isa_active());
+      << kernels::isa_name(kernels::isa_active())
+      << (device.is_cpu() ? "" : "; device " + device.str() + " (longattn's reference path)");
     progress.line(s.str());
   }
   if (cfg.resume && !quiet)
@@ -245,7 +294,7 @@ TrainResult train(const TrainConfig& cfg, const data::Splits& splits) {
   const int64_t last = cfg.stop_after >= 0 ? std::min(cfg.steps, cfg.stop_after) : cfg.steps;
   while (step < last) {
     const auto ts = Clock::now();
-    auto t = to_tensors(data::make_batch(splits.train, order.batch(step), bopt));
+    auto t = to_tensors(data::make_batch(splits.train, order.batch(step), bopt), device);
     if (dist) {
       // This rank's rows of the global batch, padded as the global batch is: every example sees the
       // same length, positions and dropout mask as in one process running the whole batch.

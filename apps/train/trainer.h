@@ -28,6 +28,10 @@ struct TrainConfig {
   int64_t eval_batch = 64;
   int threads = 0;           // 0: torch's default (at::set_num_threads; the longattn kernels use the same count)
   uint64_t seed = 0;
+  // Where the model and its batches live: "cpu" (the fused kernels) or a device torch sees ("cuda",
+  // "cuda:1", "xpu", "mps"), where every longattn operator takes its reference path (ATen
+  // operations; docs/reference_path.md). Checkpoints are written and read on the CPU either way.
+  std::string device = "cpu";
   std::string out_dir;       // checkpoints (latest.ckpt, best.ckpt) and metrics.jsonl; "" keeps nothing
   bool resume = false;       // continue from out_dir/latest.ckpt
   int64_t stop_after = -1;   // stop (checkpointing) after this step, as if interrupted; -1: run to the end
@@ -55,6 +59,10 @@ struct TrainResult {
   double comm_seconds = 0;    // of the training steps: time in the gradient all-reduce and parameter check
   double train_seconds = 0;   // time in training steps (data, forward, backward, communication, update)
 };
+
+// The device `name` names, checked: one torch can use in this process; otherwise an
+// std::invalid_argument that says what was asked and what is there.
+torch::Device training_device(const std::string& name);
 
 // Fills the data-dependent model fields from the splits.
 void fit_model_to_data(nn::ModelConfig& m, const data::Splits& s);

@@ -6,6 +6,7 @@ import re
 import subprocess
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,6 +100,9 @@ BAD = [
     (["train", "--fastrpb", "3d"], "fastrpb", "3d", "none, 1d, 2d"),
     (["train", "--positions", "sin"], "positions", "sin", "learned, none"),
     (["train", "--pooling", "max"], "pooling", "max", "mean, cls"),
+    (["train", "--device", "banana"], "device", "banana", "(cpu, cuda, cuda:1, xpu, mps)"),
+    (["train", "--device", "cuda:7"] if not torch.cuda.is_available() else ["train", "--device", "cuda:4096"],
+     "device", "cuda:7" if not torch.cuda.is_available() else "cuda:4096", "no such device in this process"),
     (["train", "--task", "detect", "--task-options", TINY, "--fastrpb", "2d"], "fastrpb", "2d", "none, 1d"),
     (["eval", "--checkpoint", "x.ckpt", "--batch", "0"], "batch", "0", "an integer in [1, "),
     (["eval", "--checkpoint", "x.ckpt", "--batch", "-1"], "batch", "-1", "an integer in [1, "),

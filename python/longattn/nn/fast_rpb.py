@@ -63,7 +63,7 @@ class FastRPB(torch.nn.Module):
             raise ValueError(f"FastRPB: {n} positions, but the bias covers {M}")
         if self.kind == "full":
             return w[:, M - n: M + n - 1]
-        return w[:, torch.arange(-(n - 1), n).abs()]
+        return w[:, torch.arange(-(n - 1), n, device=w.device).abs()]
 
     def forward(self, v, key_padding_mask=None):
         """v [B, H, N, D] -> B v [B, H, N, D]; key_padding_mask [B, N] bool (True = takes part)."""

@@ -128,11 +128,11 @@ class Shatter(nn.Module):
         v = self.v_proj(x).view(B, N, self.num_parts, self.value_dim).transpose(1, 2)
         if self.process_group is not None:
             from .. import distributed as ld
-            pi = self.partition(ld.sequence_length(N, self.process_group)).to(x.dtype)
+            pi = self.partition(ld.sequence_length(N, self.process_group)).to(device=x.device, dtype=x.dtype)
             o = ld.shatter_attention(q, k, v, pi, activation=self.activation, causal=self.causal,
                                      key_padding_mask=key_padding_mask, group=self.process_group)
             return self.out_proj(o)
-        pi = self.partition(N).to(x.dtype)
+        pi = self.partition(N).to(device=x.device, dtype=x.dtype)  # a fixed partition has no weight to place it
         o = shatter_attention(q, k, v, pi, activation=self.activation, causal=self.causal,
                               key_padding_mask=key_padding_mask)
         return self.out_proj(o)
