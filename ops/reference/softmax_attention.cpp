@@ -1,0 +1,197 @@
+// Reference path of softmax_attention: the fused kernel's formula (kernels/softmax_attention)
+// written with ATen operations, for any device; see ops/common.h (takes_reference_path).
+//
+// Method: query chunks of n rows against full key rows. A chunk's logits [B, H, n, L] (L = Nk,
+// or i0 + n when causal: the keys wholly in the future of the chunk are never read) get the
+// bias tile, -inf at masked keys and at future keys, then the row max, exp and sum give the
+// chunk's output and lse (natural log, max included: lse = m + log(sum exp(s - m)), as the
+// kernel's base-2 ref + log2(l) times ln 2). A row with no key gets out = 0 and lse = -inf. The
+// backward recomputes P = exp(s - lse) per chunk, then dV += P^T dO, dP = dO V^T,
+// dS = P (dP - rowsum(dO * O)), dQ = scale dS K, dK += scale dS^T Q and the bias gradient as
+// the diagonal sums of dS over the batch.
+//
+// Causal chunks: keys [0, i0) lie wholly in the past of every row of the chunk (plain
+// matmuls); keys [i0, i0 + n) form the n x n block the diagonal cuts, whose products go
+// through allowed_pairs_matmul so that an inf or NaN in a future key, value, query or output
+// gradient row never reaches an earlier row's output or gradient (0 * NaN = NaN in a matmul).
+//
+// Memory (elements of the compute dtype beyond the inputs, outputs and saved tensors; float32
+// for half-precision inputs, which adds float32 copies of q, k, v, out, grad_out). With n the
+// chunk's rows, n = max(1, 2^24 / (B H Nk)) (ops::reference_chunk_rows), L <= Nk its keys,
+// E = B H n L <= max(2^24, B H Nk) the largest temporary (a chunk's logits), and
+// E_d = B H n^2 <= E the diagonal block (causal only):
+//   forward:  E (logits, turned into weights in place) + 4 E_d (causal: the masked block's
+//             operands) + O(B H n (D + Dv)),                              <= 5 E + O(...)
+//   backward: 2 E (P and dS) + 4 E_d (causal), or E + H (n + 1)(L + n - 1) once P is freed for
+//             the bias gradient (<= E + 2 E / B), + O(B H n (D + Dv)),   <= 6 E + O(...)
+// never an N x N tensor: at N = 16384, B = 1, H = 2, float32 that is at most 64 MiB per E,
+// against 2 GiB for the full logits.
+#include "ops/reference/softmax_attention.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace longattn::ops::reference {
+
+at::Tensor allowed_pairs_matmul(const at::Tensor& a, const at::Tensor& x, const at::Tensor& allowed) {
+  const auto dtype = a.scalar_type();
+  const int64_t M = a.size(-2), dx = x.size(-1);
+  // Weights outside the allowed pairs are zeroed and pairs of weight 0 are skipped, as the
+  // kernels' guarded products (kernels/common/guarded_products.h) do.
+  const at::Tensor w = a.masked_fill(allowed.logical_not(), 0);
+  at::Tensor y = at::matmul(w, x.masked_fill(at::isfinite(x).logical_not(), 0));
+  // Which non-finite entries of x each row reaches through a positive or a negative weight.
+  const at::Tensor marks = at::cat({at::isnan(x), at::isposinf(x), at::isneginf(x)}, -1).to(dtype);
+  const at::Tensor signs = at::cat({w > 0, w < 0}, -2).to(dtype);
+  const at::Tensor reach = at::matmul(signs, marks) > 0;  // [..., 2M, 3 dx]
+  auto part = [&](int64_t sign, int64_t kind) { return reach.narrow(-2, sign * M, M).narrow(-1, kind * dx, dx); };
+  const at::Tensor up = part(0, 1).logical_or(part(1, 2));    // w > 0 with +inf, w < 0 with -inf
+  const at::Tensor down = part(0, 2).logical_or(part(1, 1));
+  const at::Tensor nan = at::isnan(y).logical_or(part(0, 0)).logical_or(part(1, 0)).logical_or(up.logical_and(down));
+  const double inf = std::numeric_limits<double>::infinity();
+  y.masked_fill_(up, inf);
+  y.masked_fill_(down, -inf);
+  y.masked_fill_(nan, std::numeric_limits<double>::quiet_NaN());
+  return y;
+}
+
+at::Tensor relative_tile(const at::Tensor& table, int64_t N, int64_t i0, int64_t rows, int64_t L) {
+  // Window s of the unfold is table[:, s : s + L]; query i reads window N - 1 - i.
+  return table.unfold(1, L, 1).narrow(1, N - i0 - rows, rows).flip(1);
+}
+
+void add_relative_tile(const at::Tensor& grad, const at::Tensor& g, int64_t N, int64_t i0) {
+  const int64_t R = g.size(0), rows = g.size(1), L = g.size(2);
+  if (R == 0 || rows == 0 || L == 0) return;
+  // Row c of g is laid at offset rows - 1 of its row in a zero buffer of row length
+  // W = L + rows - 1 (plus a zero row at the end); reading that buffer with row stride W + 1
+  // shifts row c left by c, so column t of the strided view holds g[c, t + c - (rows - 1)]
+  // (0 outside g), and its column sums are g's sums along the diagonals j - c = t - (rows - 1).
+  const int64_t W = L + rows - 1;
+  at::Tensor buffer = at::zeros({R, rows + 1, W}, g.options());
+  buffer.narrow(1, 0, rows).narrow(2, rows - 1, L).copy_(g);
+  const at::Tensor skewed = buffer.as_strided({R, rows, W}, {(rows + 1) * W, W + 1, 1});
+  // Offset j - i + N - 1 with i = i0 + c is t + N - i0 - rows.
+  grad.narrow(1, N - i0 - rows, W).add_(skewed.sum(1));
+}
+
+namespace {
+constexpr double kInf = std::numeric_limits<double>::infinity();
+}  // namespace
+
+at::Tensor lower_triangle(int64_t n, const at::Tensor& like) {
+  return at::ones({n, n}, like.options().dtype(at::kBool)).tril();
+}
+
+at::Tensor rows_times(const at::Tensor& w, const at::Tensor& x, bool causal, int64_t i0) {
+  if (!causal) return at::matmul(w, x);
+  const int64_t n = w.size(-2);
+  at::Tensor y = allowed_pairs_matmul(w.narrow(-1, i0, n), x.narrow(-2, i0, n), lower_triangle(n, w));
+  if (i0 > 0) y.add_(at::matmul(w.narrow(-1, 0, i0), x.narrow(-2, 0, i0)));
+  return y;
+}
+
+at::Tensor keys_times(const at::Tensor& w, const at::Tensor& x, bool causal, int64_t i0) {
+  const at::Tensor wt = w.transpose(-2, -1);
+  if (!causal) return at::matmul(wt, x);
+  const int64_t n = w.size(-2);
+  at::Tensor diag = allowed_pairs_matmul(wt.narrow(-2, i0, n), x, lower_triangle(n, w).t());
+  if (i0 == 0) return diag;
+  return at::cat({at::matmul(wt.narrow(-2, 0, i0), x), diag}, -2);
+}
+
+namespace {
+
+// The logits of queries [i0, i0 + n) against keys [0, L): scale q.k + bias, -inf where the key
+// does not take part (masked, or in the future).
+at::Tensor chunk_logits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& key_masked,
+                        const OptTensor& bias, bool causal, double scale, int64_t i0, int64_t n, int64_t L) {
+  at::Tensor s = at::matmul(q.narrow(2, i0, n), k.narrow(2, 0, L).transpose(-2, -1));
+  s.mul_(scale);
+  if (given(bias)) s.add_(relative_tile(*bias, q.size(2), i0, n, L).unsqueeze(0));
+  if (key_masked.defined()) s.masked_fill_(key_masked.narrow(-1, 0, L), -kInf);
+  if (causal) s.narrow(-1, i0, n).masked_fill_(lower_triangle(n, s).logical_not(), -kInf);
+  return s;
+}
+
+at::Tensor key_masked_of(const OptTensor& mask, int64_t B, int64_t Nk) {
+  return given(mask) ? mask->logical_not().view({B, 1, 1, Nk}) : at::Tensor();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> softmax_attention_forward(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& v, const OptTensor& mask,
+                                                             const OptTensor& bias, bool causal, double scale) {
+  if (is_half(q)) {  // computed in float32 like the CPU kernel; lse stays float32
+    auto [out, lse] = softmax_attention_forward(to_float32(q), to_float32(k), to_float32(v), mask,
+                                                to_float32(bias), causal, scale);
+    return {as_dtype_of(out, v), lse};
+  }
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Nk = k.size(2), Dv = v.size(3);
+  at::Tensor out = at::zeros({B, H, Nq, Dv}, v.options());
+  at::Tensor lse = at::full({B, H, Nq}, -kInf, q.options());
+  if (out.numel() == 0 || Nk == 0) return {out, lse};
+  const at::Tensor key_masked = key_masked_of(mask, B, Nk);
+  const int64_t rows = reference_chunk_rows(B * H * Nk);
+  for (int64_t i0 = 0; i0 < Nq; i0 += rows) {
+    const int64_t n = std::min(rows, Nq - i0), L = causal ? i0 + n : Nk;
+    at::Tensor w = chunk_logits(q, k, key_masked, bias, causal, scale, i0, n, L);
+    at::Tensor m = std::get<0>(w.max(-1, true));
+    m.masked_fill_(m == -kInf, 0);  // a row with no key: exp(-inf - 0) = 0, not NaN
+    w.sub_(m).exp_();
+    const at::Tensor l = w.sum(-1, true);
+    const at::Tensor none = l == 0;
+    at::Tensor o = rows_times(w, v.narrow(2, 0, L), causal, i0);
+    w.reset();
+    out.narrow(2, i0, n).copy_(o.div_(l).masked_fill_(none, 0));
+    lse.narrow(2, i0, n).copy_(m.add_(l.log()).masked_fill_(none, -kInf).squeeze(-1));
+  }
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_attention_backward(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const OptTensor& mask, const OptTensor& bias,
+    bool causal, double scale) {
+  if (is_half(q)) {  // computed in float32, returned in the inputs' dtypes
+    auto [gq, gk, gv, gb] = softmax_attention_backward(to_float32(grad_out), to_float32(q), to_float32(k),
+                                                       to_float32(v), to_float32(out), lse, mask,
+                                                       to_float32(bias), causal, scale);
+    return {as_dtype_of(gq, q), as_dtype_of(gk, k), as_dtype_of(gv, v),
+            given(bias) ? as_dtype_of(gb, bias) : as_dtype_of(gb, q)};
+  }
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Nk = k.size(2);
+  at::Tensor gq = at::zeros_like(q, at::MemoryFormat::Contiguous);
+  at::Tensor gk = at::zeros_like(k, at::MemoryFormat::Contiguous);
+  at::Tensor gv = at::zeros_like(v, at::MemoryFormat::Contiguous);
+  at::Tensor gb = given(bias) ? at::zeros_like(*bias, at::MemoryFormat::Contiguous) : at::empty({0}, q.options());
+  if (out.numel() == 0 || Nk == 0) return {gq, gk, gv, gb};
+  const at::Tensor key_masked = key_masked_of(mask, B, Nk);
+  const int64_t rows = reference_chunk_rows(B * H * Nk);
+  for (int64_t i0 = 0; i0 < Nq; i0 += rows) {
+    const int64_t n = std::min(rows, Nq - i0), L = causal ? i0 + n : Nk;
+    const at::Tensor go = grad_out.narrow(2, i0, n), qc = q.narrow(2, i0, n);
+    // A row with no key has lse = -inf: shift it by +inf so that its weights are exp(-inf) = 0.
+    at::Tensor shift = lse.narrow(2, i0, n).unsqueeze(-1);
+    shift = shift.masked_fill(shift == -kInf, kInf);
+    const at::Tensor di = (go * out.narrow(2, i0, n)).sum(-1, true);  // rowsum(dO * O)
+    at::Tensor p = chunk_logits(q, k, key_masked, bias, causal, scale, i0, n, L);
+    p.sub_(shift).exp_();
+    gv.narrow(2, 0, L).add_(keys_times(p, go, causal, i0));
+    at::Tensor ds = at::matmul(go, v.narrow(2, 0, L).transpose(-2, -1));  // dP
+    ds.sub_(di).mul_(p);
+    p.reset();
+    // Future pairs have P = 0, but dP there may be inf or NaN (a future value): they take no part.
+    if (causal) ds.narrow(-1, i0, n).masked_fill_(lower_triangle(n, ds).logical_not(), 0);
+    if (given(bias)) add_relative_tile(gb, B == 1 ? ds.select(0, 0) : ds.sum(0), Nq, i0);
+    gq.narrow(2, i0, n).copy_(rows_times(ds, k.narrow(2, 0, L), causal, i0).mul_(scale));
+    gk.narrow(2, 0, L).add_(keys_times(ds, qc, causal, i0).mul_(scale));
+  }
+  return {gq, gk, gv, gb};
+}
+
+}  // namespace longattn::ops::reference
