@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace longattn::ops::reference {
 
@@ -59,8 +60,15 @@ at::Tensor allowed_pairs_matmul(const at::Tensor& a, const at::Tensor& x, const 
 }
 
 at::Tensor relative_tile(const at::Tensor& table, int64_t N, int64_t i0, int64_t rows, int64_t L) {
-  // Window s of the unfold is table[:, s : s + L]; query i reads window N - 1 - i.
-  return table.unfold(1, L, 1).narrow(1, N - i0 - rows, rows).flip(1);
+  // Row c (query i0 + c) reads table[:, N - 1 - i0 - c + j]: the segment that starts at the last
+  // row's first offset, shifted left by one more per row. Copied once into every row of a
+  // buffer of row length W, it is read with row stride W - 1 (a flip or a negative stride would
+  // leave the tile in a layout that later elementwise operations walk slowly).
+  const int64_t R = table.size(0), W = L + rows - 1;
+  const at::Tensor segment = table.narrow(1, N - i0 - rows, W);
+  const at::Tensor repeated = segment.unsqueeze(1).expand({R, rows, W}).contiguous();
+  // (contiguous() may return the segment itself, a view into the table: the offset is absolute.)
+  return repeated.as_strided({R, rows, L}, {repeated.stride(0), W - 1, 1}, repeated.storage_offset() + rows - 1);
 }
 
 void add_relative_tile(const at::Tensor& grad, const at::Tensor& g, int64_t N, int64_t i0) {
@@ -80,6 +88,9 @@ void add_relative_tile(const at::Tensor& grad, const at::Tensor& g, int64_t N, i
 
 namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// Rows of the causal diagonal tiles, the only products that need allowed_pairs_matmul: small
+// enough that their extra work (a few t x t 0/1 products per t rows) stays a few percent.
+constexpr int64_t kDiagonalTile = 128;
 }  // namespace
 
 at::Tensor lower_triangle(int64_t n, const at::Tensor& like) {
@@ -88,19 +99,38 @@ at::Tensor lower_triangle(int64_t n, const at::Tensor& like) {
 
 at::Tensor rows_times(const at::Tensor& w, const at::Tensor& x, bool causal, int64_t i0) {
   if (!causal) return at::matmul(w, x);
+  // Row tiles of kDiagonalTile: keys before the tile's first row are in its past (plain matmul),
+  // its own t x t block is the only one the diagonal cuts.
   const int64_t n = w.size(-2);
-  at::Tensor y = allowed_pairs_matmul(w.narrow(-1, i0, n), x.narrow(-2, i0, n), lower_triangle(n, w));
-  if (i0 > 0) y.add_(at::matmul(w.narrow(-1, 0, i0), x.narrow(-2, 0, i0)));
-  return y;
+  const at::Tensor allowed = lower_triangle(std::min(kDiagonalTile, n), w);
+  std::vector<at::Tensor> tiles;
+  for (int64_t r0 = 0; r0 < n; r0 += kDiagonalTile) {
+    const int64_t t = std::min(kDiagonalTile, n - r0), d0 = i0 + r0;
+    const at::Tensor wr = w.narrow(-2, r0, t);
+    at::Tensor y = allowed_pairs_matmul(wr.narrow(-1, d0, t), x.narrow(-2, d0, t), allowed.narrow(0, 0, t).narrow(1, 0, t));
+    if (d0 > 0) y.add_(at::matmul(wr.narrow(-1, 0, d0), x.narrow(-2, 0, d0)));
+    tiles.push_back(std::move(y));
+  }
+  return at::cat(tiles, -2);
 }
 
 at::Tensor keys_times(const at::Tensor& w, const at::Tensor& x, bool causal, int64_t i0) {
   const at::Tensor wt = w.transpose(-2, -1);
   if (!causal) return at::matmul(wt, x);
+  // Keys before i0 are in every row's past; a tile of keys [d0, d0 + t) is in the past of the
+  // rows after its own t rows and cut by the diagonal in those rows.
   const int64_t n = w.size(-2);
-  at::Tensor diag = allowed_pairs_matmul(wt.narrow(-2, i0, n), x, lower_triangle(n, w).t());
-  if (i0 == 0) return diag;
-  return at::cat({at::matmul(wt.narrow(-2, 0, i0), x), diag}, -2);
+  const at::Tensor allowed = lower_triangle(std::min(kDiagonalTile, n), w).t();
+  std::vector<at::Tensor> tiles;
+  if (i0 > 0) tiles.push_back(at::matmul(wt.narrow(-2, 0, i0), x));
+  for (int64_t r0 = 0; r0 < n; r0 += kDiagonalTile) {
+    const int64_t t = std::min(kDiagonalTile, n - r0), later = n - r0 - t;
+    const at::Tensor wk = wt.narrow(-2, i0 + r0, t);
+    at::Tensor y = allowed_pairs_matmul(wk.narrow(-1, r0, t), x.narrow(-2, r0, t), allowed.narrow(0, 0, t).narrow(1, 0, t));
+    if (later > 0) y.add_(at::matmul(wk.narrow(-1, r0 + t, later), x.narrow(-2, r0 + t, later)));
+    tiles.push_back(std::move(y));
+  }
+  return at::cat(tiles, -2);
 }
 
 namespace {
