@@ -11,21 +11,24 @@
 // the diagonal sums of dS over the batch.
 //
 // Causal chunks: keys [0, i0) lie wholly in the past of every row of the chunk (plain
-// matmuls); keys [i0, i0 + n) form the n x n block the diagonal cuts, whose products go
-// through allowed_pairs_matmul so that an inf or NaN in a future key, value, query or output
-// gradient row never reaches an earlier row's output or gradient (0 * NaN = NaN in a matmul).
+// matmuls); keys [i0, i0 + n) are cut by the diagonal, and in 128-row tiles only each tile's own
+// 128 x 128 block goes through allowed_pairs_matmul, so that an inf or NaN in a future key,
+// value, query or output-gradient row never reaches an earlier row's output or gradient
+// (0 * NaN = NaN in a matmul); dP is zeroed at future pairs before it is used.
 //
-// Memory (elements of the compute dtype beyond the inputs, outputs and saved tensors; float32
-// for half-precision inputs, which adds float32 copies of q, k, v, out, grad_out). With n the
-// chunk's rows, n = max(1, 2^24 / (B H Nk)) (ops::reference_chunk_rows), L <= Nk its keys,
-// E = B H n L <= max(2^24, B H Nk) the largest temporary (a chunk's logits), and
-// E_d = B H n^2 <= E the diagonal block (causal only):
-//   forward:  E (logits, turned into weights in place) + 4 E_d (causal: the masked block's
-//             operands) + O(B H n (D + Dv)),                              <= 5 E + O(...)
-//   backward: 2 E (P and dS) + 4 E_d (causal), or E + H (n + 1)(L + n - 1) once P is freed for
-//             the bias gradient (<= E + 2 E / B), + O(B H n (D + Dv)),   <= 6 E + O(...)
-// never an N x N tensor: at N = 16384, B = 1, H = 2, float32 that is at most 64 MiB per E,
-// against 2 GiB for the full logits.
+// Peak memory, in elements of the compute dtype beyond the inputs, the outputs and what autograd
+// saves (float32 for half-precision inputs, which adds float32 copies of q, k, v, out and
+// grad_out). n = max(1, 2^24 / (B H Nk)) rows per chunk (ops::reference_chunk_rows), L <= Nk its
+// keys, E = B H n L <= max(2^24, B H Nk) a chunk's logits, the largest temporary; the bias tile
+// and the buffer of its gradient's diagonal sums hold H n (L + n - 1) <= 2 E / B:
+//   forward:  E + 2 E / B (logits, bias tile)                              <= 3 E
+//   backward: max(E + 2 E / B (logits, bias tile), 2 E (P, dS),
+//                 E + 3 E / B (dS, its sum over the batch when B > 1, the diagonal sums))
+//                                                                          <= 3 E
+// each + O(B H n (D + Dv) + B H 128^2) for a chunk's rows and the diagonal tiles. Never an
+// N x N tensor. Measured (tests/python/test_reference_softmax.py, N = 16384, B = H = 1, D = 16,
+// float32, causal with bias, E = 64 MiB): forward 145 MiB (2.3 E), forward + backward 184 MiB
+// (2.9 E), against 1 GiB for the logits of one head.
 #include "ops/reference/softmax_attention.h"
 
 #include <ATen/ATen.h>

@@ -251,7 +251,7 @@ def test_softmax_reference_peak_memory():
         out.backward(g)
     """
     peak = peak_extra_bytes(setup, call)
-    # backward <= max(2 E, E + 3 E / B) and forward <= E + 2 E / B: 3 E at B = 1.
+    # forward <= E + 2 E / B, backward <= max(E + 2 E / B, 2 E, E + 3 E / B): 3 E at B = 1.
     assert peak <= 3 * E_BYTES + SLACK, peak / 2**20
     assert peak < N_PEAK * N_PEAK * 4 / 4
 
