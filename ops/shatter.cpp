@@ -9,6 +9,8 @@
 #include "longattn/shatter.h"
 #include "ops/common.h"
 #include "ops/masked_rows.h"
+#include "ops/reference/shatter.h"
+#include "ops/reference/softmax_attention.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
@@ -128,13 +130,18 @@ class ShatterFunction : public torch::autograd::Function<ShatterFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const at::Tensor& partition,
-                            const OptTensor& mask, int64_t activation, bool causal, double scale) {
+                            const OptTensor& mask, int64_t activation, bool causal, double scale,
+                            bool use_reference) {
     static auto op = op_handle<decltype(forward_cpu)>("longattn::_shatter_attention_forward");
-    auto [out, lse] = op.call(q, k, v, partition, mask, activation, causal, scale);
+    auto [out, lse] =
+        reference::runs_here(use_reference, q)
+            ? reference::shatter_attention_forward(q, k, v, partition, mask, activation, causal, scale)
+            : op.call(q, k, v, partition, mask, activation, causal, scale);
     ctx->save_for_backward({q, k, v, partition, out, lse, saved(mask)});
     ctx->saved_data["activation"] = activation;
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["reference"] = use_reference;
     return out;
   }
 
@@ -142,19 +149,24 @@ class ShatterFunction : public torch::autograd::Function<ShatterFunction> {
                                                torch::autograd::tensor_list grads) {
     static auto op = op_handle<decltype(backward_cpu)>("longattn::_shatter_attention_backward");
     auto s = ctx->get_saved_variables();
-    auto [gq, gk, gv, gp] = op.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], unsaved(s[6]),
-                                    ctx->saved_data["activation"].toInt(),
-                                    ctx->saved_data["causal"].toBool(),
-                                    ctx->saved_data["scale"].toDouble());
-    return {gq, gk, gv, gp, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const int64_t activation = ctx->saved_data["activation"].toInt();
+    const bool causal = ctx->saved_data["causal"].toBool();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    auto [gq, gk, gv, gp] =
+        reference::runs_here(ctx->saved_data["reference"].toBool(), s[0])
+            ? reference::shatter_attention_backward(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], unsaved(s[6]),
+                                                    activation, causal, scale)
+            : op.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], unsaved(s[6]), activation, causal, scale);
+    return {gq, gk, gv, gp, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor shatter_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   const at::Tensor& partition, c10::string_view activation,
                                   bool causal, const OptTensor& key_padding_mask,
-                                  c10::optional<double> scale) {
+                                  c10::optional<double> scale, c10::string_view path) {
   const int64_t act = option_code(kOp, "activation", activation, {"softmax", "sigmoid"});
+  const bool use_reference = takes_reference_path(kOp, path, q);
   check_rank(kOp, "q", q, 3, "[B, N, D]");
   check_rank(kOp, "k", k, 3, "[B, N, D]");
   check_rank(kOp, "v", v, 4, "[B, P, N, Dv]");
@@ -163,7 +175,6 @@ at::Tensor shatter_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
   check_same_dtype_device(kOp, "q", q, "k", k);
   check_same_dtype_device(kOp, "q", q, "v", v);
   check_param_dtype_device(kOp, "q", q, "partition", partition);
-  check_cpu(kOp, q);
   const c10::SymInt B = q.sym_size(0), N = q.sym_size(1), D = q.sym_size(2);
   check_shape(kOp, "k", k, {B, N, D}, "[B, N, D]");
   check_shape(kOp, "v", v, {B, -1, N, -1}, "[B, P, N, Dv]");
@@ -173,11 +184,11 @@ at::Tensor shatter_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
     // Head dim 0: every score is 0; the kernels want at least one feature.
     return shatter_attention_impl(q.new_zeros_symint({B, N, 1}), k.new_zeros_symint({B, N, 1}), v,
                                   partition, activation, causal, key_padding_mask,
-                                  scale.value_or(1.0));
+                                  scale.value_or(1.0), path);
   }
   const double s = logit_scale(kOp, scale, D);
   return ShatterFunction::apply(last_dim_contiguous(q), last_dim_contiguous(zero_masked_rows(k, mask, 1)), last_dim_contiguous(zero_masked_rows(v, mask, 2)),
-                                partition.contiguous(), mask, act, causal, s);
+                                partition.contiguous(), mask, act, causal, s, use_reference);
 }
 
 }  // namespace
@@ -185,7 +196,7 @@ at::Tensor shatter_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
 TORCH_LIBRARY_FRAGMENT(longattn, m) {
   m.def(
       "shatter_attention(Tensor q, Tensor k, Tensor v, Tensor partition, *, str activation='softmax', "
-      "bool causal=False, Tensor? key_padding_mask=None, float? scale=None) -> Tensor");
+      "bool causal=False, Tensor? key_padding_mask=None, float? scale=None, str path='fused') -> Tensor");
   m.def(
       "_shatter_attention_forward(Tensor q, Tensor k, Tensor v, Tensor partition, "
       "Tensor? key_padding_mask, int activation, bool causal, float scale) -> (Tensor, Tensor)");
@@ -205,6 +216,12 @@ TORCH_LIBRARY_IMPL(longattn, Meta, m) {
   m.impl("_shatter_attention_backward", backward_meta);
 }
 
+// Every device without a fused kernel (CUDA, XPU, MPS, ...) gets the reference path.
+TORCH_LIBRARY_IMPL(longattn, CompositeExplicitAutograd, m) {
+  m.impl("_shatter_attention_forward", reference::shatter_attention_forward);
+  m.impl("_shatter_attention_backward", reference::shatter_attention_backward);
+}
+
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
   m.impl("shatter_attention", shatter_attention_impl);
 }
@@ -218,7 +235,7 @@ at::Tensor shatter_attention(const at::Tensor& q, const at::Tensor& k, const at:
   static auto op =
       ops::op_handle<decltype(ops::shatter_attention_impl)>("longattn::shatter_attention");
   return op.call(q, k, v, partition, options.activation, options.causal, options.key_padding_mask,
-                 options.scale);
+                 options.scale, options.path);
 }
 
 }  // namespace longattn

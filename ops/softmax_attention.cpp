@@ -9,6 +9,7 @@
 #include "longattn/softmax_attention.h"
 #include "ops/common.h"
 #include "ops/masked_rows.h"
+#include "ops/reference/softmax_attention.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
@@ -115,12 +116,15 @@ class SoftmaxAttentionFunction : public torch::autograd::Function<SoftmaxAttenti
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
-                            const OptTensor& bias, bool causal, double scale) {
+                            const OptTensor& bias, bool causal, double scale, bool use_reference) {
     static auto op = op_handle<decltype(forward_cpu)>("longattn::_softmax_attention_forward");
-    auto [out, lse] = op.call(q, k, v, mask, bias, causal, scale);
+    auto [out, lse] = reference::runs_here(use_reference, q)
+                          ? reference::softmax_attention_forward(q, k, v, mask, bias, causal, scale)
+                          : op.call(q, k, v, mask, bias, causal, scale);
     ctx->save_for_backward({q, k, v, out, lse, saved(mask), saved(bias)});
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["reference"] = use_reference;
     return out;
   }
 
@@ -129,16 +133,22 @@ class SoftmaxAttentionFunction : public torch::autograd::Function<SoftmaxAttenti
     static auto op = op_handle<decltype(backward_cpu)>("longattn::_softmax_attention_backward");
     auto s = ctx->get_saved_variables();
     const OptTensor bias = unsaved(s[6]);
-    auto [gq, gk, gv, gb] = op.call(grads[0], s[0], s[1], s[2], s[3], s[4], unsaved(s[5]), bias,
-                                    ctx->saved_data["causal"].toBool(),
-                                    ctx->saved_data["scale"].toDouble());
-    return {gq, gk, gv, at::Tensor(), bias ? gb : at::Tensor(), at::Tensor(), at::Tensor()};
+    const bool causal = ctx->saved_data["causal"].toBool();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    auto [gq, gk, gv, gb] =
+        reference::runs_here(ctx->saved_data["reference"].toBool(), s[0])
+            ? reference::softmax_attention_backward(grads[0], s[0], s[1], s[2], s[3], s[4], unsaved(s[5]),
+                                                    bias, causal, scale)
+            : op.call(grads[0], s[0], s[1], s[2], s[3], s[4], unsaved(s[5]), bias, causal, scale);
+    return {gq, gk, gv, at::Tensor(), bias ? gb : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor softmax_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   bool causal, const OptTensor& key_padding_mask,
-                                  const OptTensor& rel_bias, c10::optional<double> scale) {
+                                  const OptTensor& rel_bias, c10::optional<double> scale,
+                                  c10::string_view path) {
+  const bool use_reference = takes_reference_path(kOp, path, q);
   const QkvSizes n = check_qkv(kOp, q, k, v);
   if (causal) check_square(kOp, "causal=True", n.Nq, n.Nk);
   const OptTensor mask = checked_key_mask(kOp, key_padding_mask, n.B, n.Nk);
@@ -153,11 +163,12 @@ at::Tensor softmax_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
     // Head dim 0: every logit is the bias alone; the kernels want at least one feature.
     return softmax_attention_impl(q.new_zeros_symint({n.B, n.H, n.Nq, 1}),
                                   k.new_zeros_symint({n.B, n.H, n.Nk, 1}), v, causal,
-                                  key_padding_mask, rel_bias, scale.value_or(1.0));
+                                  key_padding_mask, rel_bias, scale.value_or(1.0), path);
   }
   const double s = logit_scale(kOp, scale, n.D);
   return SoftmaxAttentionFunction::apply(last_dim_contiguous(q), last_dim_contiguous(zero_masked_rows(k, mask, 2)),
-                                         last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, bias, causal, s);
+                                         last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, bias, causal, s,
+                                         use_reference);
 }
 
 }  // namespace
@@ -165,7 +176,7 @@ at::Tensor softmax_attention_impl(const at::Tensor& q, const at::Tensor& k, cons
 TORCH_LIBRARY_FRAGMENT(longattn, m) {
   m.def(
       "softmax_attention(Tensor q, Tensor k, Tensor v, *, bool causal=False, "
-      "Tensor? key_padding_mask=None, Tensor? rel_bias=None, float? scale=None) -> Tensor");
+      "Tensor? key_padding_mask=None, Tensor? rel_bias=None, float? scale=None, str path='fused') -> Tensor");
   m.def(
       "_softmax_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, "
       "Tensor? rel_bias, bool causal, float scale) -> (Tensor, Tensor)");
@@ -185,6 +196,12 @@ TORCH_LIBRARY_IMPL(longattn, Meta, m) {
   m.impl("_softmax_attention_backward", backward_meta);
 }
 
+// Every device without a fused kernel (CUDA, XPU, MPS, ...) gets the reference path.
+TORCH_LIBRARY_IMPL(longattn, CompositeExplicitAutograd, m) {
+  m.impl("_softmax_attention_forward", reference::softmax_attention_forward);
+  m.impl("_softmax_attention_backward", reference::softmax_attention_backward);
+}
+
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
   m.impl("softmax_attention", softmax_attention_impl);
 }
@@ -197,7 +214,7 @@ at::Tensor softmax_attention(const at::Tensor& q, const at::Tensor& k, const at:
                              const SoftmaxAttentionOptions& options) {
   static auto op = ops::op_handle<decltype(ops::softmax_attention_impl)>("longattn::softmax_attention");
   return op.call(q, k, v, options.causal, options.key_padding_mask, options.rel_bias,
-                 options.scale);
+                 options.scale, options.path);
 }
 
 }  // namespace longattn

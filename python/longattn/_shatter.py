@@ -4,7 +4,7 @@ __all__ = ["shatter_attention"]
 
 
 def shatter_attention(q, k, v, partition, *, activation="softmax", causal=False, key_padding_mask=None,
-                      scale=None):
+                      scale=None, path="fused"):
     """Shatter attention: one head, P value streams weighted by a partition of relative positions.
 
     q, k [B, N, D] (one head), v [B, P, N, Dv] (one value stream per part), partition [P, 2N-1]
@@ -18,8 +18,11 @@ def shatter_attention(q, k, v, partition, *, activation="softmax", causal=False,
     j <= i. scale: default 1/sqrt(D). A query with no key taking part outputs zeros. Fused (no
     N x N tensor), float32, float64, bfloat16 or float16, differentiable in q, k, v and partition. See
     docs/shatter.md for what is the paper's and what is ours.
+    path: "fused" (default) runs the fused CPU kernel; "reference" runs the same formula written
+    with torch operations in query chunks (never an N x N tensor), the path every non-CPU device
+    takes whatever `path` says.
     """
     return torch.ops.longattn.shatter_attention(
         q, k, v, partition, activation=activation, causal=causal, key_padding_mask=key_padding_mask,
-        scale=scale,
+        scale=scale, path=path,
     )

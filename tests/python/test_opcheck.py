@@ -173,3 +173,27 @@ def test_vmap_says_it_is_not_supported():
     q = torch.randn(3, 2, 5, 4)
     with pytest.raises(RuntimeError, match="vmap"):
         torch.func.vmap(lambda x: longattn.softmax_attention(x, x, x))(q.unsqueeze(0).expand(2, -1, -1, -1, -1))
+
+
+# --- softmax_attention and shatter_attention on the reference path (issue 17) ---------------
+# path="reference" on CPU: the autograd Function runs the ATen-only reference functions (with
+# concrete sizes; symbolic ones go through the internal operators' Meta kernels).
+def softmax_reference_cases():
+    q, k, v = _t(B, H, N, D), _t(B, H, N, D), _t(B, H, N, D)
+    m = _mask(B, N)
+    bias = _t(H, 2 * N - 1)
+    sq, sk, sv, part = _t(B, N, D), _t(B, N, D), _t(B, 3, N, 2), _t(3, 2 * N - 1, positive=True)
+    return [
+        ("softmax_attention", (q, k, v), dict(path="reference")),
+        ("softmax_attention", (q, k, v), dict(causal=True, key_padding_mask=m, rel_bias=bias, path="reference")),
+        ("softmax_attention", (q, k[:, :, :4], v[:, :, :4]), dict(key_padding_mask=m[:, :4], path="reference")),
+        ("shatter_attention", (sq, sk, sv, part), dict(key_padding_mask=m, path="reference")),
+        ("shatter_attention", (sq, sk, sv, part), dict(activation="sigmoid", causal=True, path="reference")),
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(softmax_reference_cases())))
+def test_opcheck_softmax_reference_path(i):
+    torch.manual_seed(0)
+    name, args, kwargs = softmax_reference_cases()[i]
+    torch.library.opcheck(getattr(ops, name).default, args, kwargs)

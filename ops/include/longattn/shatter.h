@@ -13,6 +13,9 @@ struct ShatterAttentionOptions {
   bool causal = false;                          // key j takes part for query i only when j <= i
   c10::optional<at::Tensor> key_padding_mask;   // [B, N] bool, true = the key takes part
   c10::optional<double> scale;                  // default 1/sqrt(D)
+  // "fused": the fused CPU kernel; "reference": the ATen-only reference path (any device, never
+  // an N x N tensor). Non-CPU tensors always take the reference path.
+  std::string path = "fused";
 };
 
 // q, k [B, N, D], v [B, P, N, Dv], partition [P, 2N-1] (weight of part p at offset

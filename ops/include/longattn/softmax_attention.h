@@ -3,6 +3,8 @@
 #pragma once
 #include <torch/types.h>
 
+#include <string>
+
 namespace longattn {
 
 struct SoftmaxAttentionOptions {
@@ -10,6 +12,9 @@ struct SoftmaxAttentionOptions {
   c10::optional<at::Tensor> key_padding_mask;   // [B, Nk] bool, true = the key takes part
   c10::optional<at::Tensor> rel_bias;           // [H, 2N-1], added to logit (i, j) at j - i + N - 1
   c10::optional<double> scale;                  // default 1/sqrt(D)
+  // "fused": the fused CPU kernel; "reference": the ATen-only reference path (any device, never
+  // an N x N tensor). Non-CPU tensors always take the reference path.
+  std::string path = "fused";
 };
 
 // q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv] -> [B, H, Nq, Dv]; float32 or float64.
