@@ -26,12 +26,13 @@
 //  holds min(E, BH N X) elements (or BH X when a single row is larger):
 //    forward   BH Nq (Dv + 1) [out, inv] + 3 BH Nk [key exponents, argmax (int64 = 2)]
 //              + 2 BH m (Dv + 1) [state] + 6 T
-//    backward  BH (Nq D + Nk (D + Dv)) [the gradients] + 3 BH Nk + 4 BH m (Dv + 1) + 8 T
+//    backward  BH (Nq D + Nk (D + Dv)) [the gradients] + 3 BH Nk + 4 BH m (Dv + 1) + 16 T
 //  causal chunk C = min(64, N, floor(sqrt(E / (BH X)))), P = BH C^2 X <= E the masked product:
 //    forward   BH N (Dv + 1) + 5 BH N [exponents, argmax, running maxima] + 2 BH m (Dv + 1)
-//              + 2 P + 12 BH C X
+//              + 2 P + 12 BH C X + 6 min(E, BH N X) [the key-exponent pass]
 //    backward  BH N (2 D + Dv) + 12 BH N [exponents, maxima, owners (int64), inverse
 //              denominators, eps gradients] + 4 BH m (Dv + 1) + 2 P + 16 BH C X
+//              + 6 min(E, BH N X) [the key-exponent pass: u, phi, shifts of a chunk of keys]
 //  feature maps (forward, backward): the outputs plus 3 BH N m (u, phi and a masked copy).
 // No term is N x N: every N enters once, times a feature or value width, or as a scalar per row.
 // bfloat16/float16 inputs are computed in float32 copies (2 BH N (D + Dv) more), as the kernel.
@@ -595,7 +596,8 @@ at::Tensor feature_map_backward(const at::Tensor& grad_phi, const at::Tensor& gr
                                             to_float32(phi), argmax, feature_map, to_float32(projection), mask),
                        x);
   const FeatureMap f = map_named(feature_map);
-  if (x.numel() == 0 || concrete(phi, 3) == 0) return at::zeros(concrete_sizes(x), x.options());
+  const std::vector<int64_t> xs = concrete_sizes(x);
+  if (c10::multiply_integers(xs) == 0 || concrete(phi, 3) == 0) return at::zeros(xs, x.options());
   at::Tensor gx = features_backward(x, f, projection, phi, exponential(f) ? argmax.to(at::kLong) : at::Tensor(),
                                     grad_phi.to(x.scalar_type()),
                                     exponential(f) ? grad_shift.to(x.scalar_type()) : at::Tensor());

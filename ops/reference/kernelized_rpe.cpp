@@ -16,12 +16,15 @@
 // per row of a chunk.
 //
 // Peak memory (elements beyond the inputs; BH = B * H, E = kReferenceChunkElements = 2^24,
-// rows per chunk r = max(1, E / (BH N)), so T = BH r N <= E (or BH N when one row is larger) is
-// one chunk's [B, H, r, N] tensor; P <= E the masked diagonal product of triangular_matmul):
+// rows per chunk r = max(1, E / (8 BH N)), so T = BH r N <= E / 8 (or BH N when one row is larger)
+// is one chunk's [B, H, r, N] tensor; P <= E the masked diagonal product of triangular_matmul):
 //   forward   BH N (Dv + 1) [out, den] + BH N / 8 [direct, bytes] + BH N (m + Dv + 2) [masked
-//             copies of phi_k, v and the log-scales] + 6 T + 2 BH r (m + Dv) + P
-//   backward  BH N (2 m + Dv + 2) + H (2N - 1) [the gradients] + BH N (m + Dv + 2) + 8 T
+//             copies of phi_k, v and the log-scales] + 10 T + 2 BH r (m + Dv) + P
+//   backward  BH N (2 m + Dv + 2) + H (2N - 1) [the gradients] + BH N (m + Dv + 2) + 16 T
 //             + 4 BH r (m + Dv) + P
+// (T counts: the bias window, its exponents and mask, the weights and their product with the
+// features; in the backward also dL/dW, its two products, the diagonal sums' flipped and padded
+// copies), so at most about 3 E elements of chunk temporaries whatever N is.
 // bfloat16/float16 inputs are computed in float32 copies (as the kernel); float32 inputs stay
 // float32 (the kernel computes them in double, which not every device has): per row the direct
 // sums keep float32's relative accuracy, ~N * 6e-8.
@@ -163,7 +166,9 @@ void check_bias(const at::Tensor& b) {
                   std::to_string(bad.sum().item<int64_t>()) + " NaN or +inf values");
 }
 
-int64_t chunk_rows(const Rpe& r) { return reference_chunk_rows(r.B * r.H * r.N); }
+// Rows per chunk: an eighth of the budget per [B, H, rows, N] tensor, since the backward holds
+// up to 16 of them at once (see the peak-memory formula at the top).
+int64_t chunk_rows(const Rpe& r) { return reference_chunk_rows(8 * r.B * r.H * r.N); }
 
 }  // namespace
 
