@@ -12,6 +12,7 @@
 #include "longattn/kernelized_attention.h"
 #include "ops/common.h"
 #include "ops/kernelized_rpe.h"
+#include "ops/reference/kernelized_attention.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
@@ -142,10 +143,15 @@ class KernelizedAttentionFunction
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
                             const OptTensor& projection, int64_t feature_map, bool causal,
-                            double eps) {
+                            double eps, bool reference) {
     static auto op = op_handle<decltype(forward_cpu)>("longattn::_kernelized_attention_forward");
-    auto [out, inv] = op.call(q, k, v, mask, projection, feature_map, causal, eps);
+    // The reference path on CPU is called directly (the dispatcher would pick the CPU kernel);
+    // on other devices the dispatcher's CompositeExplicitAutograd kernel is the same function.
+    auto [out, inv] = reference && q.device().is_cpu()
+                          ? reference::kernelized_attention_forward(q, k, v, mask, projection, feature_map, causal, eps)
+                          : op.call(q, k, v, mask, projection, feature_map, causal, eps);
     ctx->save_for_backward({q, k, v, out, inv, saved(mask), saved(projection)});
+    ctx->saved_data["reference"] = reference;
     ctx->saved_data["feature_map"] = feature_map;
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["eps"] = eps;
@@ -156,12 +162,16 @@ class KernelizedAttentionFunction
                                                torch::autograd::tensor_list grads) {
     static auto op = op_handle<decltype(backward_cpu)>("longattn::_kernelized_attention_backward");
     auto s = ctx->get_saved_variables();
+    const bool reference = ctx->saved_data["reference"].toBool() && s[0].device().is_cpu();
+    const int64_t fm = ctx->saved_data["feature_map"].toInt();
+    const bool causal = ctx->saved_data["causal"].toBool();
+    const double eps = ctx->saved_data["eps"].toDouble();
     auto [gq, gk, gv] =
-        op.call(grads[0], s[0], s[1], s[2], s[3], s[4], unsaved(s[5]), unsaved(s[6]),
-                ctx->saved_data["feature_map"].toInt(), ctx->saved_data["causal"].toBool(),
-                ctx->saved_data["eps"].toDouble());
+        reference ? reference::kernelized_attention_backward(grads[0], s[0], s[1], s[2], s[3], s[4], unsaved(s[5]),
+                                                             unsaved(s[6]), fm, causal, eps)
+                  : op.call(grads[0], s[0], s[1], s[2], s[3], s[4], unsaved(s[5]), unsaved(s[6]), fm, causal, eps);
     // The projection is a constant (Performer redraws it, it is not learned).
-    return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -308,14 +318,18 @@ class FeatureMapFunction : public torch::autograd::Function<FeatureMapFunction> 
  public:
   static torch::autograd::tensor_list forward(torch::autograd::AutogradContext* ctx,
                                               const at::Tensor& x, const std::string& feature_map,
-                                              const OptTensor& projection, const OptTensor& mask) {
+                                              const OptTensor& projection, const OptTensor& mask,
+                                              bool reference) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("longattn::_feature_map_forward", "")
                          .typed<decltype(feature_map_forward_cpu)>();
-    auto [phi, shift, argmax] = op.call(x, feature_map, projection, mask);
+    auto [phi, shift, argmax] = reference && x.device().is_cpu()
+                                    ? reference::feature_map_forward(x, feature_map, projection, mask)
+                                    : op.call(x, feature_map, projection, mask);
     ctx->save_for_backward({x, phi, argmax, projection ? *projection : at::Tensor(),
                             mask ? *mask : at::Tensor()});
     ctx->saved_data["feature_map"] = feature_map;
+    ctx->saved_data["reference"] = reference;
     return {phi, shift};
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
@@ -330,23 +344,25 @@ class FeatureMapFunction : public torch::autograd::Function<FeatureMapFunction> 
     // feature_map_backward wants the TOTAL derivative with respect to the shift c, and phi =
     // phi(x) e^{-c} depends on c too (d phi / d c = -phi).
     gshift = gshift - (gphi * s[1]).sum(-1);
-    at::Tensor gx = op.call(gphi, gshift, s[0], s[1], s[2], ctx->saved_data["feature_map"].toStringRef(),
-                            opt(s[3]), opt(s[4]));
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
+    const std::string& fm = ctx->saved_data["feature_map"].toStringRef();
+    at::Tensor gx = ctx->saved_data["reference"].toBool() && s[0].device().is_cpu()
+                        ? reference::feature_map_backward(gphi, gshift, s[0], s[1], s[2], fm, opt(s[3]), opt(s[4]))
+                        : op.call(gphi, gshift, s[0], s[1], s[2], fm, opt(s[3]), opt(s[4]));
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 std::tuple<at::Tensor, at::Tensor> feature_map_impl(const at::Tensor& x,
                                                     c10::string_view feature_map_view,
                                                     const OptTensor& projection,
-                                                    const OptTensor& key_padding_mask) {
+                                                    const OptTensor& key_padding_mask,
+                                                    c10::string_view path) {
   const char* op = "feature_map";
   const std::string feature_map(feature_map_view);
   parse_feature_map(feature_map);
   check_rank(op, "x", x, 4, "[B, H, N, D]");
   check_float_dtype(op, "x", x);
-  if (!x.device().is_cpu())
-    fail(op, "only CPU tensors are supported in this build, got " + x.device().str());
+  const bool reference = takes_reference_path(op, path, x);
   check_projection(x, projection, feature_map);
   OptTensor mask, proj;
   if (key_padding_mask && key_padding_mask->defined()) {
@@ -354,7 +370,7 @@ std::tuple<at::Tensor, at::Tensor> feature_map_impl(const at::Tensor& x,
     mask = key_padding_mask->contiguous();
   }
   if (projection && projection->defined()) proj = projection->detach().contiguous();
-  auto r = FeatureMapFunction::apply(last_dim_contiguous(x), feature_map, proj, mask);
+  auto r = FeatureMapFunction::apply(last_dim_contiguous(x), feature_map, proj, mask, reference);
   return {r[0], r[1]};
 }
 
@@ -368,28 +384,30 @@ std::tuple<at::Tensor, at::Tensor> feature_map_impl(const at::Tensor& x,
 // Autograd differentiates this exactly, the paths through the maxima included.
 at::Tensor rel_bias_path(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const std::string& feature_map, bool causal, const OptTensor& mask,
-                         const OptTensor& proj, const at::Tensor& rel_bias, double eps) {
-  const at::Tensor fq = FeatureMapFunction::apply(last_dim_contiguous(q), feature_map, proj, c10::nullopt)[0];
-  auto rk = FeatureMapFunction::apply(last_dim_contiguous(k), feature_map, proj, mask);
+                         const OptTensor& proj, const at::Tensor& rel_bias, double eps, bool reference) {
+  const at::Tensor fq =
+      FeatureMapFunction::apply(last_dim_contiguous(q), feature_map, proj, c10::nullopt, reference)[0];
+  auto rk = FeatureMapFunction::apply(last_dim_contiguous(k), feature_map, proj, mask, reference);
   const at::Tensor &fk = rk[0], &ck = rk[1];
   if (!kernels::feature_map_is_exponential(parse_feature_map(feature_map)) || k.size(2) == 0)
-    return kernelized_rpe_from_features(fq, fk, v, rel_bias, causal, mask, eps, {}, {});
+    return kernelized_rpe_from_features(fq, fk, v, rel_bias, causal, mask, eps, {}, {}, reference);
   at::Tensor ck_on = mask ? at::where(mask->unsqueeze(1), ck, -INFINITY) : ck;
   at::Tensor R = causal ? std::get<0>(ck_on.cummax(2)) : ck_on.amax(2, true).expand_as(ck);
   // Rows with no key: R = -inf; they output zeros whatever mu is, and -inf would give NaN
   // gradients, so 0 stands in.
   R = at::where(R == -INFINITY, at::zeros_like(R), R);
-  return kernelized_rpe_from_features(fq, fk, v, rel_bias, causal, mask, eps, ck, R);
+  return kernelized_rpe_from_features(fq, fk, v, rel_bias, causal, mask, eps, ck, R, reference);
 }
 
 at::Tensor kernelized_attention_impl(const at::Tensor& q, const at::Tensor& k,
                                      const at::Tensor& v, c10::string_view feature_map_view,
                                      bool causal, const OptTensor& key_padding_mask,
                                      const OptTensor& projection, double eps,
-                                     const OptTensor& rel_bias) {
+                                     const OptTensor& rel_bias, c10::string_view path) {
   const std::string feature_map(feature_map_view);
   const int64_t fm = static_cast<int64_t>(parse_feature_map(feature_map));
   const QkvSizes n = check_qkv(kOp, q, k, v);
+  const bool reference = takes_reference_path(kOp, path, q);
   if (causal) check_square(kOp, "causal=True", n.Nq, n.Nk);
   if (!(eps >= 0) || !std::isfinite(eps))
     fail(kOp, "eps must be finite and >= 0, got " + std::to_string(eps));
@@ -402,7 +420,7 @@ at::Tensor kernelized_attention_impl(const at::Tensor& q, const at::Tensor& k,
     check_param_dtype_device(kOp, "q", q, "rel_bias", *rel_bias);
     check_rank(kOp, "rel_bias", *rel_bias, 2, "[H, 2N-1]");
     check_shape(kOp, "rel_bias", *rel_bias, {n.H, offsets_len(n.Nq)}, "[H, 2N-1]");
-    return rel_bias_path(q, k, v, feature_map, causal, mask, proj, *rel_bias, eps);
+    return rel_bias_path(q, k, v, feature_map, causal, mask, proj, *rel_bias, eps, reference);
   }
   if (n.D == 0 && feature_map == "favor" && proj->sym_size(-2) > 0 && q.sym_numel() == 0 &&
       n.B * n.H * n.Nq > 0) {
@@ -413,11 +431,11 @@ at::Tensor kernelized_attention_impl(const at::Tensor& q, const at::Tensor& k,
                          : std::vector<c10::SymInt>{proj->sym_size(0), 1};
     auto one = proj->new_zeros_symint(shape);
     return kernelized_attention_impl(q.sum(-1, true) * 0, k.sum(-1, true) * 0, v, feature_map,
-                                     causal, key_padding_mask, one, eps, rel_bias);
+                                     causal, key_padding_mask, one, eps, rel_bias, path);
   }
   return KernelizedAttentionFunction::apply(last_dim_contiguous(q), last_dim_contiguous(k),
                                             last_dim_contiguous(v), mask, proj, fm, causal,
-                                            eps);
+                                            eps, reference);
 }
 
 // The checked arguments of random_features: the output's sizes and dtype, and the scaling.
@@ -448,11 +466,15 @@ RandomFeaturesOutput check_random_features(int64_t m, int64_t d, c10::string_vie
 
 at::Tensor random_features_impl(int64_t m, int64_t d, int64_t seed, bool orthogonal,
                                 c10::string_view scaling, c10::optional<int64_t> heads,
-                                c10::optional<at::ScalarType> dtype) {
+                                c10::optional<at::ScalarType> dtype, c10::optional<at::Device> device) {
+  // Drawn on the CPU whatever the device, by the one generator (kernels/.../random_features.h),
+  // then moved: the same seed gives the same bits on every device.
+  if (device && !device->is_cpu())
+    return random_features_impl(m, d, seed, orthogonal, scaling, heads, dtype, c10::nullopt).to(*device);
   const RandomFeaturesOutput o = check_random_features(m, d, scaling, heads, dtype);
   // Half precision: the float32 features rounded (the same draws as for float32).
   if (o.dtype == at::kBFloat16 || o.dtype == at::kHalf)
-    return random_features_impl(m, d, seed, orthogonal, scaling, heads, at::kFloat).to(o.dtype);
+    return random_features_impl(m, d, seed, orthogonal, scaling, heads, at::kFloat, c10::nullopt).to(o.dtype);
   at::Tensor w = at::empty(o.sizes, at::TensorOptions().dtype(o.dtype));
   AT_DISPATCH_FLOATING_TYPES(o.dtype, "random_features", [&] {
     kernels::random_features<scalar_t>(m, d, static_cast<uint64_t>(seed), orthogonal, o.scaling,
@@ -464,7 +486,7 @@ at::Tensor random_features_impl(int64_t m, int64_t d, int64_t seed, bool orthogo
 // No tensor input, so FakeTensor reaches this through the Meta key it sets while tracing.
 at::Tensor random_features_meta(int64_t m, int64_t d, int64_t /*seed*/, bool /*orthogonal*/,
                                 c10::string_view scaling, c10::optional<int64_t> heads,
-                                c10::optional<at::ScalarType> dtype) {
+                                c10::optional<at::ScalarType> dtype, c10::optional<at::Device> /*device*/) {
   const RandomFeaturesOutput o = check_random_features(m, d, scaling, heads, dtype);
   return at::empty(o.sizes, at::TensorOptions().dtype(o.dtype).device(at::kMeta));
 }
@@ -475,7 +497,7 @@ TORCH_LIBRARY_FRAGMENT(longattn, m) {
   m.def(
       "kernelized_attention(Tensor q, Tensor k, Tensor v, *, str feature_map, bool causal=False, "
       "Tensor? key_padding_mask=None, Tensor? projection=None, float eps=1e-6, "
-      "Tensor? rel_bias=None) -> Tensor");
+      "Tensor? rel_bias=None, str path='fused') -> Tensor");
   m.def(
       "_kernelized_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, "
       "Tensor? projection, int feature_map, bool causal, float eps) -> (Tensor, Tensor)");
@@ -485,7 +507,7 @@ TORCH_LIBRARY_FRAGMENT(longattn, m) {
       "bool causal, float eps) -> (Tensor, Tensor, Tensor)");
   m.def(
       "feature_map(Tensor x, *, str feature_map, Tensor? projection=None, "
-      "Tensor? key_padding_mask=None) -> (Tensor, Tensor)");
+      "Tensor? key_padding_mask=None, str path='fused') -> (Tensor, Tensor)");
   m.def(
       "_feature_map_forward(Tensor x, str feature_map, Tensor? projection, Tensor? mask) "
       "-> (Tensor, Tensor, Tensor)");
@@ -494,7 +516,7 @@ TORCH_LIBRARY_FRAGMENT(longattn, m) {
       "Tensor argmax, str feature_map, Tensor? projection, Tensor? mask) -> Tensor");
   m.def(
       "random_features(int m, int d, *, int seed, bool orthogonal=True, str scaling='chi', "
-      "int? heads=None, ScalarType? dtype=None) -> Tensor");
+      "int? heads=None, ScalarType? dtype=None, Device? device=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(longattn, CPU, m) {
@@ -515,6 +537,12 @@ TORCH_LIBRARY_IMPL(longattn, Meta, m) {
 // No tensor input to dispatch on: CompositeExplicitAutograd also serves calls without a key.
 TORCH_LIBRARY_IMPL(longattn, CompositeExplicitAutograd, m) {
   m.impl("random_features", random_features_impl);
+  // The reference path (ops/reference/kernelized_attention.cpp): every device without a fused
+  // kernel (CUDA, XPU, MPS, ...) reaches it; CPU keeps its CPU kernels, Meta its Meta kernels.
+  m.impl("_kernelized_attention_forward", reference::kernelized_attention_forward);
+  m.impl("_kernelized_attention_backward", reference::kernelized_attention_backward);
+  m.impl("_feature_map_forward", reference::feature_map_forward);
+  m.impl("_feature_map_backward", reference::feature_map_backward);
 }
 
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
@@ -532,13 +560,14 @@ at::Tensor kernelized_attention(const at::Tensor& q, const at::Tensor& k, const 
   static auto op =
       ops::op_handle<decltype(ops::kernelized_attention_impl)>("longattn::kernelized_attention");
   return op.call(q, k, v, feature_map, options.causal, options.key_padding_mask,
-                 options.projection, options.eps, options.rel_bias);
+                 options.projection, options.eps, options.rel_bias, options.path);
 }
 
 at::Tensor random_features(int64_t m, int64_t d, int64_t seed,
                            const RandomFeaturesOptions& options) {
   static auto op = ops::op_handle<decltype(ops::random_features_impl)>("longattn::random_features");
-  return op.call(m, d, seed, options.orthogonal, options.scaling, options.heads, options.dtype);
+  return op.call(m, d, seed, options.orthogonal, options.scaling, options.heads, options.dtype,
+                 options.device);
 }
 
 }  // namespace longattn

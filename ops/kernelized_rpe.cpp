@@ -11,6 +11,7 @@
 #include "ops/kernelized_rpe.h"
 #include "ops/common.h"
 #include "ops/views.h"
+#include "ops/reference/kernelized_rpe.h"
 
 namespace longattn::ops {
 namespace {
@@ -147,26 +148,37 @@ class KernelizedRpeFunction : public torch::autograd::Function<KernelizedRpeFunc
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& fq, const at::Tensor& fk,
                             const at::Tensor& v, const at::Tensor& b, const OptTensor& kls,
-                            const OptTensor& els, const OptTensor& mask, bool causal, double eps) {
+                            const OptTensor& els, const OptTensor& mask, bool causal, double eps,
+                            bool reference) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("longattn::_kernelized_rpe_forward", "")
                          .typed<decltype(forward_cpu)>();
-    auto [out, den, direct] = op.call(fq, fk, v, b, kls, els, mask, causal, eps);
+    // The reference path on CPU is called directly (the dispatcher would pick the CPU kernel);
+    // on other devices the dispatcher's CompositeExplicitAutograd kernel is the same function.
+    reference = reference && fq.device().is_cpu();
+    auto [out, den, direct] = reference ? reference::kernelized_rpe_forward(fq, fk, v, b, kls, els, mask, causal, eps)
+                                        : op.call(fq, fk, v, b, kls, els, mask, causal, eps);
     ctx->save_for_backward({fq, fk, v, b, kls ? *kls : at::Tensor(), els ? *els : at::Tensor(), out,
                             den, direct, mask ? *mask : at::Tensor()});
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["eps"] = eps;
+    ctx->saved_data["reference"] = reference;
     return out;
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     static auto op = op_handle<decltype(backward_cpu)>("longattn::_kernelized_rpe_backward");
     auto s = ctx->get_saved_variables();
     auto opt = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; };
+    const bool causal = ctx->saved_data["causal"].toBool();
+    const double eps = ctx->saved_data["eps"].toDouble();
     auto [gq, gk, gv, gb, gl, gm] =
-        op.call(grads[0], s[0], s[1], s[2], s[3], opt(s[4]), opt(s[5]), s[6], s[7], s[8], opt(s[9]),
-                ctx->saved_data["causal"].toBool(), ctx->saved_data["eps"].toDouble());
+        ctx->saved_data["reference"].toBool()
+            ? reference::kernelized_rpe_backward(grads[0], s[0], s[1], s[2], s[3], opt(s[4]), opt(s[5]), s[6], s[7],
+                                                 s[8], opt(s[9]), causal, eps)
+            : op.call(grads[0], s[0], s[1], s[2], s[3], opt(s[4]), opt(s[5]), s[6], s[7], s[8], opt(s[9]), causal,
+                      eps);
     return {gq, gk, gv, gb, s[4].defined() ? gl : at::Tensor(), s[5].defined() ? gm : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -178,21 +190,21 @@ at::Tensor kernelized_rpe_from_features(const at::Tensor& phi_q, const at::Tenso
                                         const at::Tensor& v, const at::Tensor& rel_bias,
                                         bool causal, const OptTensor& key_padding_mask,
                                         double eps, const OptTensor& key_log_scale,
-                                        const OptTensor& eps_log_scale) {
+                                        const OptTensor& eps_log_scale, bool reference) {
   OptTensor mask, kls, els;
   if (key_padding_mask && key_padding_mask->defined()) mask = key_padding_mask->contiguous();
   if (key_log_scale && key_log_scale->defined()) kls = key_log_scale->contiguous();
   if (eps_log_scale && eps_log_scale->defined()) els = eps_log_scale->contiguous();
   return KernelizedRpeFunction::apply(last_dim_contiguous(phi_q), last_dim_contiguous(phi_k),
                                       last_dim_contiguous(v), rel_bias.contiguous(), kls, els,
-                                      mask, causal, eps);
+                                      mask, causal, eps, reference);
 }
 
 namespace {
 
 at::Tensor kernelized_rpe_impl(const at::Tensor& phi_q, const at::Tensor& phi_k,
                                const at::Tensor& v, const at::Tensor& rel_bias, bool causal,
-                               const OptTensor& key_padding_mask, double eps) {
+                               const OptTensor& key_padding_mask, double eps, c10::string_view path) {
   check_rank(kOp, "phi_q", phi_q, 4, "[B, H, N, m]");
   check_rank(kOp, "phi_k", phi_k, 4, "[B, H, N, m]");
   check_rank(kOp, "v", v, 4, "[B, H, N, Dv]");
@@ -200,7 +212,7 @@ at::Tensor kernelized_rpe_impl(const at::Tensor& phi_q, const at::Tensor& phi_k,
   check_same_dtype_device(kOp, "phi_q", phi_q, "phi_k", phi_k);
   check_same_dtype_device(kOp, "phi_q", phi_q, "v", v);
   check_param_dtype_device(kOp, "phi_q", phi_q, "rel_bias", rel_bias);
-  check_cpu(kOp, phi_q);
+  const bool reference = takes_reference_path(kOp, path, phi_q);
   const c10::SymInt B = phi_q.sym_size(0), H = phi_q.sym_size(1), N = phi_q.sym_size(2);
   check_shape(kOp, "phi_k", phi_k, {B, H, N, phi_q.sym_size(3)}, "[B, H, N, m] (as phi_q: Nq == Nk)");
   check_shape(kOp, "v", v, {B, H, N, -1}, "[B, H, N, Dv]");
@@ -211,7 +223,7 @@ at::Tensor kernelized_rpe_impl(const at::Tensor& phi_q, const at::Tensor& phi_k,
   if (!(eps >= 0) || !std::isfinite(eps))
     fail(kOp, "eps must be finite and >= 0, got " + std::to_string(eps));
   return kernelized_rpe_from_features(phi_q, phi_k, v, rel_bias, causal, key_padding_mask, eps, {},
-                                      {});
+                                      {}, reference);
 }
 
 }  // namespace
@@ -219,7 +231,7 @@ at::Tensor kernelized_rpe_impl(const at::Tensor& phi_q, const at::Tensor& phi_k,
 TORCH_LIBRARY_FRAGMENT(longattn, m) {
   m.def(
       "kernelized_rpe_attention(Tensor phi_q, Tensor phi_k, Tensor v, Tensor rel_bias, *, "
-      "bool causal=False, Tensor? key_padding_mask=None, float eps=0.0) -> Tensor");
+      "bool causal=False, Tensor? key_padding_mask=None, float eps=0.0, str path='fused') -> Tensor");
   m.def(
       "_kernelized_rpe_forward(Tensor phi_q, Tensor phi_k, Tensor v, Tensor rel_bias, "
       "Tensor? key_log_scale, Tensor? eps_log_scale, Tensor? key_padding_mask, bool causal, "
@@ -241,6 +253,13 @@ TORCH_LIBRARY_IMPL(longattn, Meta, m) {
   m.impl("_kernelized_rpe_backward", backward_meta);
 }
 
+// The reference path (ops/reference/kernelized_rpe.cpp): every device without a fused kernel
+// (CUDA, XPU, MPS, ...) reaches it; CPU keeps its CPU kernels, Meta its Meta kernels.
+TORCH_LIBRARY_IMPL(longattn, CompositeExplicitAutograd, m) {
+  m.impl("_kernelized_rpe_forward", reference::kernelized_rpe_forward);
+  m.impl("_kernelized_rpe_backward", reference::kernelized_rpe_backward);
+}
+
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
   m.impl("kernelized_rpe_attention", kernelized_rpe_impl);
 }
@@ -254,7 +273,7 @@ at::Tensor kernelized_rpe_attention(const at::Tensor& phi_q, const at::Tensor& p
                                     const KernelizedRpeOptions& o) {
   static auto op =
       ops::op_handle<decltype(ops::kernelized_rpe_impl)>("longattn::kernelized_rpe_attention");
-  return op.call(phi_q, phi_k, v, rel_bias, o.causal, o.key_padding_mask, o.eps);
+  return op.call(phi_q, phi_k, v, rel_bias, o.causal, o.key_padding_mask, o.eps, o.path);
 }
 
 }  // namespace longattn

@@ -4,7 +4,7 @@ __all__ = ["kernelized_attention", "random_features", "feature_map"]
 
 
 def kernelized_attention(q, k, v, *, feature_map, causal=False, key_padding_mask=None,
-                         projection=None, eps=1e-6, rel_bias=None):
+                         projection=None, eps=1e-6, rel_bias=None, path="fused"):
     """Kernelized (linear) attention, O(N) time and memory, forward and backward.
 
     out_i = phi(q_i)^T S_i / (phi(q_i)^T s_i + eps), S_i = sum_j phi(k_j) v_j^T and
@@ -35,31 +35,41 @@ def kernelized_attention(q, k, v, *, feature_map, causal=False, key_padding_mask
     recomputes directly any row the FFT cannot resolve (docs/toeplitz.md). Computed by FFT
     Toeplitz products over the m*(Dv+1) feature channels in chunks, O(N log N m Dv) time and
     O(N (m+Dv)) memory, plus O(N (m+Dv)) per directly computed row. Differentiable in rel_bias.
+
+    path: ``'fused'`` (default: the CPU kernel; tensors on any other device take the reference
+    path, the only one there) or ``'reference'``: the same formula, stabilisers and eps written
+    with torch operations (ops/reference/), for any device and selectable on CPU; memory-lean
+    (chunked scans, never an N x N tensor); with rel_bias it computes every row directly in query
+    chunks (exact for any finite bias, O(N^2 (m+Dv)) time).
     """
     return torch.ops.longattn.kernelized_attention(
         q, k, v, feature_map=feature_map, causal=causal, key_padding_mask=key_padding_mask,
-        projection=projection, eps=eps, rel_bias=rel_bias)
+        projection=projection, eps=eps, rel_bias=rel_bias, path=path)
 
 
-def random_features(m, d, *, seed, orthogonal=True, scaling="chi", heads=None, dtype=None):
+def random_features(m, d, *, seed, orthogonal=True, scaling="chi", heads=None, dtype=None,
+                    device=None):
     """Performer's random projection omega [m, d] (or [heads, m, d], independent per head).
 
     orthogonal: Gaussian d x d blocks orthogonalised by QR, stacked to m rows; scaling
     ``'chi'`` gives the rows chi(d)-distributed norms (each row marginally N(0, I)), ``'sqrt_d'``
     norm sqrt(d). Not orthogonal: i.i.d. Gaussian rows. The same seed gives the same bits on
-    every machine. dtype: torch.float32 (default) or torch.float64.
+    every machine. dtype: torch.float32 (default) or torch.float64. device: where the result
+    lives (default CPU); it is drawn on the CPU and moved, so every device gets the same bits.
     """
     return torch.ops.longattn.random_features(m, d, seed=seed, orthogonal=orthogonal,
-                                              scaling=scaling, heads=heads, dtype=dtype)
+                                              scaling=scaling, heads=heads, dtype=dtype,
+                                              device=device)
 
 
-def feature_map(x, *, feature_map, projection=None, key_padding_mask=None):
+def feature_map(x, *, feature_map, projection=None, key_padding_mask=None, path="fused"):
     """The feature maps of :func:`kernelized_attention`, row by row: x [B, H, N, D] ->
     (phi [B, H, N, m], shift [B, H, N]) with phi = phi(x) e^{-shift}: shift is the row's largest
     exponent for 'sikf' (max_d x_d) and 'favor' (max_r omega_r.x - |x|^2/2), 0 for 'elu' and
     'relu'. key_padding_mask [B, N] (True = the row takes part): other rows are never read and
     give phi = 0, shift = 0 and zero gradients. Differentiable in x (shift included). The same
-    code as the attention kernels use.
+    code as the attention kernels use. path: ``'fused'`` (default; the CPU kernel, other devices
+    take the reference path) or ``'reference'`` (the same maps written with torch operations).
     """
     return torch.ops.longattn.feature_map(x, feature_map=feature_map, projection=projection,
-                                          key_padding_mask=key_padding_mask)
+                                          key_padding_mask=key_padding_mask, path=path)

@@ -197,3 +197,29 @@ def test_opcheck_softmax_reference_path(i):
     torch.manual_seed(0)
     name, args, kwargs = softmax_reference_cases()[i]
     torch.library.opcheck(getattr(ops, name).default, args, kwargs)
+
+
+# ---- kernelized_attention, feature_map, kernelized_rpe_attention: the reference path (issue #17)
+def _kernelized_reference_cases():
+    torch.manual_seed(0)
+    q, k, v = _t(B, H, N, D), _t(B, H, N, D), _t(B, H, N, D)
+    m = _mask(B, N)
+    bias = _t(H, 2 * N - 1)
+    w = longattn.random_features(8, D, seed=3, heads=H)
+    phi = (_t(B, H, N, 5, positive=True), _t(B, H, N, 5, positive=True))
+    ref = dict(path="reference")
+    return [
+        ("kernelized_attention", (q, k, v), dict(feature_map="elu", key_padding_mask=m, **ref)),
+        ("kernelized_attention", (q, k, v), dict(feature_map="sikf", causal=True, **ref)),
+        ("kernelized_attention", (q, k, v), dict(feature_map="favor", projection=w, key_padding_mask=m, **ref)),
+        ("kernelized_attention", (q, k, v), dict(feature_map="relu", rel_bias=bias, causal=True, **ref)),
+        ("feature_map", (q,), dict(feature_map="favor", projection=w, key_padding_mask=m, **ref)),
+        ("kernelized_rpe_attention", (*phi, v, bias), dict(key_padding_mask=m, eps=1e-6, **ref)),
+        ("kernelized_rpe_attention", (*phi, v, bias), dict(causal=True, **ref)),
+    ]
+
+
+@pytest.mark.parametrize("i", range(7))
+def test_opcheck_kernelized_reference(i):
+    name, args, kwargs = _kernelized_reference_cases()[i]
+    torch.library.opcheck(getattr(ops, name).default, args, kwargs)

@@ -22,6 +22,10 @@ struct KernelizedAttentionOptions {
   // e^{rel_bias[j - i + N - 1]} for query i in both sums, exact for any finite bias; computed by
   // FFT Toeplitz products on the features (O(N log N m Dv), docs/toeplitz.md). Differentiable.
   c10::optional<at::Tensor> rel_bias;
+  // "fused" (the CPU kernel; on other devices the reference path, the only one there) or
+  // "reference": the device-generic ATen composite (ops/reference/), the same formula and
+  // stabilisers, never an N x N tensor (O(N^2) time with rel_bias).
+  std::string path = "fused";
 };
 
 // q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv] -> [B, H, Nq, Dv]; float32 or float64.
@@ -37,6 +41,8 @@ struct RandomFeaturesOptions {
   std::string scaling = "chi";     // "chi" (rows with chi(d) norms) or "sqrt_d"
   c10::optional<int64_t> heads;    // [heads, m, d] with independent blocks per head
   c10::optional<at::ScalarType> dtype;  // float32 (default) or float64
+  // Where the result lives; drawn on the CPU and moved, so every device gets the same bits.
+  c10::optional<at::Device> device;
 };
 
 // Performer's projection omega [m, d] (or [heads, m, d]), reproducible from the seed.

@@ -7,12 +7,18 @@
 #pragma once
 #include <torch/types.h>
 
+#include <string>
+
 namespace longattn {
 
 struct KernelizedRpeOptions {
   bool causal = false;                         // key j takes part for query i only when j <= i
   c10::optional<at::Tensor> key_padding_mask;  // [B, N] bool, true = the key takes part
   double eps = 0.0;  // >= 0, added to the denominator as it stands (the bias is not shifted)
+  // "fused" (the CPU kernel; on other devices the reference path, the only one there) or
+  // "reference": the device-generic ATen composite (ops/reference/), every row computed directly
+  // in query chunks (exact for any finite bias, O(N^2 (m + Dv)) time, no N x N tensor).
+  std::string path = "fused";
 };
 
 // phi_q, phi_k [B, H, N, m], v [B, H, N, Dv], rel_bias [H, 2N-1] -> [B, H, N, Dv]. Rows with no
