@@ -8,10 +8,12 @@
 // the same, and only the right shift differs (arithmetic in int64): a logical z >> s is
 // (z >> s) & (2^(64 - s) - 1).
 //
-// Peak memory (bytes; n = x.numel(), E = kReferenceChunkElements = 2^24): the output, n x
-// sizeof(dtype) (plus a float32 copy of x and of the output for half precision), and per chunk of
-// E / 4 elements about 6 int64 temporaries of E / 16 groups and 2 of E / 4 lanes: < 2 x 8 x E / 4
-// + 6 x 8 x E / 16 = 7 E bytes = 112 MiB at most, whatever n.
+// Peak memory (bytes; n = x.numel(), s = sizeof(dtype), E = kReferenceChunkElements = 2^24,
+// c = min(n, E / 4) elements per chunk): the output n s (plus float32 copies of x and of the
+// output for half precision) and per chunk about 6 int64 temporaries of c / 4 groups and 2 of c
+// lanes, a bool mask and two products of c elements: <= n s + 36 c bytes (about 150 MiB at most,
+// whatever n; measured 72 MiB of temporaries at n = 2^21).
+
 #include "ops/reference/dropout.h"
 
 #include <algorithm>
