@@ -173,3 +173,26 @@ def test_vmap_says_it_is_not_supported():
     q = torch.randn(3, 2, 5, 4)
     with pytest.raises(RuntimeError, match="vmap"):
         torch.func.vmap(lambda x: longattn.softmax_attention(x, x, x))(q.unsqueeze(0).expand(2, -1, -1, -1, -1))
+
+
+# ---- toeplitz, yoso, dropout: the reference path (#17) -------------------------------------
+def _reference_cases_toeplitz_yoso_dropout():
+    torch.manual_seed(1)
+    x = _t(B, H, N, 3)
+    q, k, v = _t(B, H, N, D), _t(B, H, N, D), _t(B, H, N, 3)
+    m = _mask(B, N)
+    return [
+        ("toeplitz_matmul", (_t(H, 2 * N - 1), x), dict(causal=True, path="reference")),
+        ("toeplitz_matmul_2d", (_t(H, 3), _t(H, 5), x), dict(height=2, width=3, path="reference")),
+        ("yoso_attention", (q, k, v), dict(hash_bits=3, num_hashes=4, seed=5, key_padding_mask=m, path="reference")),
+        ("yoso_attention", (q, k, v), dict(hash_bits=3, num_hashes=4, seed=5, hashing="hadamard",
+                                           backward="exact", path="reference")),
+        ("yoso_expectation", (q, k, v), dict(hash_bits=3, key_padding_mask=m, path="reference")),
+        ("dropout", (_t(B, N, D), 0.25, 7), dict(path="reference")),
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(_reference_cases_toeplitz_yoso_dropout())))
+def test_opcheck_reference_toeplitz_yoso_dropout(i):
+    name, args, kwargs = _reference_cases_toeplitz_yoso_dropout()[i]
+    torch.library.opcheck(getattr(ops, name).default, args, kwargs)
