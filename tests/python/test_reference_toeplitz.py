@@ -48,13 +48,14 @@ def test_toeplitz_1d_matches_fused_fp64(causal, N, path):
 
 
 def test_toeplitz_1d_channel_chunks_and_only_one_gradient():
-    # B H L = 2 * 2 * 2^17: 64 channels per chunk, so C = 130 takes three chunks (the last short).
-    N, C = 40000, 130
-    c = torch.randn(2, 2 * N - 1, dtype=torch.float64)
-    x = torch.randn(2, 2, N, C, dtype=torch.float64, requires_grad=True)
+    # B H L = 64 * 2^17 = 2^23: two channels per chunk of E = 2^24 elements, so C = 5 takes three
+    # chunks (the last short). float32 to keep it quick; float64 exactness is tested above.
+    N, C = 65536, 5
+    c = torch.randn(1, 2 * N - 1)
+    x = torch.randn(64, 1, N, C, requires_grad=True)
     f = lambda c, x, p: longattn.toeplitz_matmul(c, x, causal=True, path=p)  # noqa: E731
     fused, ref = both_paths(f, [c, x], fused="auto")
-    assert_same(fused, ref, 1e-10)
+    assert_same(fused, ref, 1e-5)
 
 
 def test_toeplitz_causal_future_nan_never_reaches_earlier_outputs():
