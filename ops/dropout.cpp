@@ -10,12 +10,21 @@
 #include "kernels/dropout/dropout.h"
 #include "longattn/dropout.h"
 #include "ops/common.h"
+#include "ops/reference/dropout.h"
 
 namespace longattn::ops {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
+
+// Fake tensors (torch.compile, opcheck: the Python dispatch key) take the internal operators,
+// whose Meta kernels describe the call: the reference path's data-dependent steps (a host read of
+// which slices or pairs need care) cannot be traced. A compiled graph therefore runs the internal
+// operators, which on CPU are the fused kernels.
+inline bool traced(const at::Tensor& t) {
+  return t.key_set().has(c10::DispatchKey::Python) || t.key_set().has(c10::DispatchKey::Functionalize);
+}
 
 at::Tensor dropout_apply(const at::Tensor& x, double p, int64_t seed) {
   // Half precision: the same mask, the scaling in float32 (ops/common.h).
@@ -36,23 +45,27 @@ at::Tensor dropout_apply_meta(const at::Tensor& x, double /*p*/, int64_t /*seed*
 
 class DropoutFunction : public torch::autograd::Function<DropoutFunction> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, double p, int64_t seed) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, double p, int64_t seed,
+                            bool reference) {
     static auto op = op_handle<decltype(dropout_apply)>("longattn::_dropout_apply");
     ctx->saved_data["p"] = p;
     ctx->saved_data["seed"] = seed;
-    return op.call(x, p, seed);
+    ctx->saved_data["reference"] = reference;
+    return reference ? reference::dropout_apply(x, p, seed) : op.call(x, p, seed);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    // The map is linear and diagonal: its adjoint is itself, with the same mask.
-    return {longattn::dropout(grads[0], ctx->saved_data["p"].toDouble(), ctx->saved_data["seed"].toInt()),
-            at::Tensor(), at::Tensor()};
+    // The map is linear and diagonal: its adjoint is itself, with the same mask (on the same path).
+    return {longattn::dropout(grads[0], ctx->saved_data["p"].toDouble(), ctx->saved_data["seed"].toInt(),
+                              ctx->saved_data["reference"].toBool() ? "reference" : "fused"),
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor dropout_impl(const at::Tensor& x, double p, int64_t seed) {
+at::Tensor dropout_impl(const at::Tensor& x, double p, int64_t seed, c10::string_view path) {
   constexpr const char* op = "dropout";
   check_float_dtype(op, "x", x);
-  check_cpu(op, x);
+  // On CPU the reference is called directly; other devices reach it through the dispatcher.
+  const bool reference = takes_reference_path(op, path, x) && x.device().is_cpu() && !traced(x);
   if (!(p >= 0.0 && p <= kernels::kDropoutMaxP)) {
     std::ostringstream msg;
     msg.precision(17);
@@ -60,13 +73,13 @@ at::Tensor dropout_impl(const at::Tensor& x, double p, int64_t seed) {
         << p;
     fail(op, msg.str());
   }
-  return DropoutFunction::apply(x, p, seed);
+  return DropoutFunction::apply(x, p, seed, reference);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(longattn, m) {
-  m.def("dropout(Tensor x, float p, int seed) -> Tensor");
+  m.def("dropout(Tensor x, float p, int seed, *, str path=\"fused\") -> Tensor");
   m.def("_dropout_apply(Tensor x, float p, int seed) -> Tensor");
 }
 
@@ -74,15 +87,20 @@ TORCH_LIBRARY_IMPL(longattn, CPU, m) { m.impl("_dropout_apply", dropout_apply); 
 
 TORCH_LIBRARY_IMPL(longattn, Meta, m) { m.impl("_dropout_apply", dropout_apply_meta); }
 
+// Every device without the fused kernel (CUDA, XPU, MPS, ...) takes the reference path.
+TORCH_LIBRARY_IMPL(longattn, CompositeExplicitAutograd, m) {
+  m.impl("_dropout_apply", reference::dropout_apply);
+}
+
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) { m.impl("dropout", dropout_impl); }
 
 }  // namespace longattn::ops
 
 namespace longattn {
 
-at::Tensor dropout(const at::Tensor& x, double p, int64_t seed) {
+at::Tensor dropout(const at::Tensor& x, double p, int64_t seed, const std::string& path) {
   static auto op = ops::op_handle<decltype(ops::dropout_impl)>("longattn::dropout");
-  return op.call(x, p, seed);
+  return op.call(x, p, seed, path);
 }
 
 }  // namespace longattn

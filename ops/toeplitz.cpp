@@ -7,6 +7,7 @@
 #include "kernels/toeplitz/toeplitz.h"
 #include "longattn/toeplitz.h"
 #include "ops/common.h"
+#include "ops/reference/toeplitz.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
@@ -15,11 +16,31 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
+// Fake tensors (torch.compile, opcheck: the Python dispatch key) take the internal operators,
+// whose Meta kernels describe the call: the reference path's data-dependent steps (a host read of
+// which slices or pairs need care) cannot be traced. A compiled graph therefore runs the internal
+// operators, which on CPU are the fused kernels.
+inline bool traced(const at::Tensor& t) {
+  return t.key_set().has(c10::DispatchKey::Python) || t.key_set().has(c10::DispatchKey::Functionalize);
+}
+
 // The internal operators take the path as its kernels::ToeplitzPath code.
 kernels::ToeplitzPath path_from(int64_t code) { return static_cast<kernels::ToeplitzPath>(code); }
 
-int64_t path_code(const char* op, c10::string_view path) {
-  return option_code(op, "path", path, {"auto", "direct", "fft"});
+// The path option: the kernel's ToeplitzPath codes, or "reference" (ops/reference/toeplitz.h),
+// which never reaches the kernel. A tensor on a device without the fused kernel takes the
+// reference whatever the option says (the internal operators' CompositeExplicitAutograd
+// kernels); Meta tensors keep the fused path's Meta kernels.
+struct PathChoice {
+  int64_t code;    // the kernel's path (Auto when the reference is taken)
+  bool reference;  // the autograd Function calls the reference functions directly (CPU)
+};
+
+PathChoice path_choice(const char* op, c10::string_view path, const at::Tensor& x) {
+  const int64_t code = option_code(op, "path", path, {"auto", "direct", "fft", "reference"});
+  const bool reference = code == 3 || !(x.device().is_cpu() || x.device().is_meta());
+  return {reference ? int64_t(kernels::ToeplitzPath::Auto) : code,
+          reference && x.device().is_cpu() && !traced(x)};
 }
 
 // ------------------------------------------------------------------------------------- 1-D
@@ -92,27 +113,31 @@ std::tuple<at::Tensor, at::Tensor> backward_1d_meta(const at::Tensor& /*grad_y*/
 class Toeplitz1dFunction : public torch::autograd::Function<Toeplitz1dFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& coeffs, const at::Tensor& x,
-                            bool causal, int64_t path) {
+                            bool causal, int64_t path, bool reference) {
     static auto op = op_handle<decltype(forward_1d)>("longattn::_toeplitz_matmul_forward");
     ctx->save_for_backward({coeffs, x});
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["path"] = path;
-    return op.call(coeffs, x, causal, path);
+    ctx->saved_data["reference"] = reference;
+    return reference ? reference::toeplitz_forward(coeffs, x, causal, path) : op.call(coeffs, x, causal, path);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     static auto op = op_handle<decltype(backward_1d)>("longattn::_toeplitz_matmul_backward");
     auto s = ctx->get_saved_variables();
-    auto [gx, gc] = op.call(grads[0], s[0], s[1], ctx->saved_data["causal"].toBool(),
-                            ctx->saved_data["path"].toInt(), ctx->needs_input_grad(1),
-                            ctx->needs_input_grad(0));
-    return {gc, gx, at::Tensor(), at::Tensor()};
+    const bool causal = ctx->saved_data["causal"].toBool();
+    const int64_t path = ctx->saved_data["path"].toInt();
+    auto [gx, gc] = ctx->saved_data["reference"].toBool()
+                        ? reference::toeplitz_backward(grads[0], s[0], s[1], causal, path,
+                                                       ctx->needs_input_grad(1), ctx->needs_input_grad(0))
+                        : op.call(grads[0], s[0], s[1], causal, path, ctx->needs_input_grad(1),
+                                  ctx->needs_input_grad(0));
+    return {gc, gx, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 void check_common(const char* op, const at::Tensor& x) {
   check_rank(op, "x", x, 4, "[B, H, N, C]");
   check_float_dtype(op, "x", x);
-  check_cpu(op, x);
 }
 
 at::Tensor toeplitz_matmul_impl(const at::Tensor& coeffs, const at::Tensor& x, bool causal,
@@ -122,8 +147,8 @@ at::Tensor toeplitz_matmul_impl(const at::Tensor& coeffs, const at::Tensor& x, b
   check_rank(op, "coeffs", coeffs, 2, "[H, 2N-1]");
   check_param_dtype_device(op, "x", x, "coeffs", coeffs);
   check_shape(op, "coeffs", coeffs, {x.sym_size(1), offsets_len(x.sym_size(2))}, "[H, 2N-1]");
-  const int64_t code = path_code(op, path);
-  return Toeplitz1dFunction::apply(coeffs.contiguous(), last_dim_contiguous(x), causal, code);
+  const PathChoice pc = path_choice(op, path, x);
+  return Toeplitz1dFunction::apply(coeffs.contiguous(), last_dim_contiguous(x), causal, pc.code, pc.reference);
 }
 
 // ------------------------------------------------------------------------------------- 2-D
@@ -200,20 +225,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_2d_meta(
 class Toeplitz2dFunction : public torch::autograd::Function<Toeplitz2dFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& row, const at::Tensor& col,
-                            const at::Tensor& x, int64_t height, int64_t width, int64_t path) {
+                            const at::Tensor& x, int64_t height, int64_t width, int64_t path,
+                            bool reference) {
     static auto op = op_handle<decltype(forward_2d)>("longattn::_toeplitz_matmul_2d_forward");
     ctx->save_for_backward({row, col, x});
     ctx->saved_data["height"] = height;
     ctx->saved_data["width"] = width;
     ctx->saved_data["path"] = path;
-    return op.call(row, col, x, height, width, path);
+    ctx->saved_data["reference"] = reference;
+    return reference ? reference::toeplitz2d_forward(row, col, x, height, width, path)
+                     : op.call(row, col, x, height, width, path);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     static auto op = op_handle<decltype(backward_2d)>("longattn::_toeplitz_matmul_2d_backward");
     auto s = ctx->get_saved_variables();
-    auto [gx, gr, gc] = op.call(grads[0], s[0], s[1], s[2], ctx->saved_data["height"].toInt(),
-                                ctx->saved_data["width"].toInt(), ctx->saved_data["path"].toInt());
-    return {gr, gc, gx, at::Tensor(), at::Tensor(), at::Tensor()};
+    const int64_t height = ctx->saved_data["height"].toInt(), width = ctx->saved_data["width"].toInt();
+    const int64_t path = ctx->saved_data["path"].toInt();
+    auto [gx, gr, gc] = ctx->saved_data["reference"].toBool()
+                            ? reference::toeplitz2d_backward(grads[0], s[0], s[1], s[2], height, width, path)
+                            : op.call(grads[0], s[0], s[1], s[2], height, width, path);
+    return {gr, gc, gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -235,9 +266,9 @@ at::Tensor toeplitz_matmul_2d_impl(const at::Tensor& row, const at::Tensor& col,
   check_param_dtype_device(op, "x", x, "col_coeffs", col);
   check_shape(op, "row_coeffs", row, {H, 2 * height - 1}, "[H, 2*height-1]");
   check_shape(op, "col_coeffs", col, {H, 2 * width - 1}, "[H, 2*width-1]");
-  const int64_t code = path_code(op, path);
+  const PathChoice pc = path_choice(op, path, x);
   return Toeplitz2dFunction::apply(row.contiguous(), col.contiguous(), last_dim_contiguous(x),
-                                   height, width, code);
+                                   height, width, pc.code, pc.reference);
 }
 
 }  // namespace
@@ -271,6 +302,14 @@ TORCH_LIBRARY_IMPL(longattn, Meta, m) {
   m.impl("_toeplitz_matmul_backward", backward_1d_meta);
   m.impl("_toeplitz_matmul_2d_forward", forward_2d_meta);
   m.impl("_toeplitz_matmul_2d_backward", backward_2d_meta);
+}
+
+// Every device without the fused kernel (CUDA, XPU, MPS, ...) takes the reference path.
+TORCH_LIBRARY_IMPL(longattn, CompositeExplicitAutograd, m) {
+  m.impl("_toeplitz_matmul_forward", reference::toeplitz_forward);
+  m.impl("_toeplitz_matmul_backward", reference::toeplitz_backward);
+  m.impl("_toeplitz_matmul_2d_forward", reference::toeplitz2d_forward);
+  m.impl("_toeplitz_matmul_2d_backward", reference::toeplitz2d_backward);
 }
 
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {

@@ -7,10 +7,19 @@
 #include "longattn/yoso.h"
 #include "ops/common.h"
 #include "ops/masked_rows.h"
+#include "ops/reference/yoso.h"
 #include "ops/views.h"
 
 namespace longattn::ops {
 namespace {
+
+// Fake tensors (torch.compile, opcheck: the Python dispatch key) take the internal operators,
+// whose Meta kernels describe the call: the reference path's data-dependent steps (a host read of
+// which slices or pairs need care) cannot be traced. A compiled graph therefore runs the internal
+// operators, which on CPU are the fused kernels.
+inline bool traced(const at::Tensor& t) {
+  return t.key_set().has(c10::DispatchKey::Python) || t.key_set().has(c10::DispatchKey::Functionalize);
+}
 
 constexpr const char* kOp = "yoso_attention";
 constexpr const char* kOpE = "yoso_expectation";
@@ -195,16 +204,19 @@ class YosoAttentionFunction : public torch::autograd::Function<YosoAttentionFunc
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
                             int64_t hash_bits, int64_t num_hashes, int64_t seed, int64_t hashing,
-                            bool lsh_backward) {
+                            bool lsh_backward, bool reference) {
     static auto hash = op_handle<decltype(hash_cpu)>("longattn::_yoso_hash");
     static auto fwd = op_handle<decltype(forward_cpu)>("longattn::_yoso_forward");
-    auto [qc, kc] = hash.call(q, k, mask, hash_bits, num_hashes, seed, hashing);
-    at::Tensor out = fwd.call(q, k, v, qc, kc, hash_bits);
+    auto [qc, kc] = reference ? reference::yoso_hash(q, k, mask, hash_bits, num_hashes, seed, hashing)
+                              : hash.call(q, k, mask, hash_bits, num_hashes, seed, hashing);
+    at::Tensor out = reference ? reference::yoso_forward(q, k, v, qc, kc, hash_bits)
+                               : fwd.call(q, k, v, qc, kc, hash_bits);
     // The codes are kept for the LSH backward only (the exact one does not need them).
     ctx->save_for_backward({q, k, v, lsh_backward ? qc : at::Tensor(),
                             lsh_backward ? kc : at::Tensor(), saved(mask)});
     ctx->saved_data["hash_bits"] = hash_bits;
     ctx->saved_data["lsh"] = lsh_backward;
+    ctx->saved_data["reference"] = reference;
     return out;
   }
 
@@ -216,13 +228,16 @@ class YosoAttentionFunction : public torch::autograd::Function<YosoAttentionFunc
     auto s = ctx->get_saved_variables();
     const int64_t tau = ctx->saved_data["hash_bits"].toInt();
     const OptTensor mask = unsaved(s[5]);
+    const bool lsh_backward = ctx->saved_data["lsh"].toBool();
+    const int64_t surrogate = int64_t(kernels::YosoDerivative::surrogate);
     auto [gq, gk, gv] =
-        ctx->saved_data["lsh"].toBool()
-            ? lsh.call(grads[0], s[0], s[1], s[2], s[3], s[4], tau)
-            : exact.call(grads[0], s[0], s[1], s[2], mask, tau,
-                         int64_t(kernels::YosoDerivative::surrogate));
+        ctx->saved_data["reference"].toBool()
+            ? (lsh_backward ? reference::yoso_backward_lsh(grads[0], s[0], s[1], s[2], s[3], s[4], tau)
+                            : reference::yoso_expectation_backward(grads[0], s[0], s[1], s[2], mask, tau, surrogate))
+        : lsh_backward ? lsh.call(grads[0], s[0], s[1], s[2], s[3], s[4], tau)
+                       : exact.call(grads[0], s[0], s[1], s[2], mask, tau, surrogate);
     return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -230,13 +245,15 @@ class YosoExpectationFunction : public torch::autograd::Function<YosoExpectation
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
                             const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
-                            int64_t hash_bits, int64_t derivative) {
+                            int64_t hash_bits, int64_t derivative, bool reference) {
     static auto fwd =
         op_handle<decltype(expectation_forward_cpu)>("longattn::_yoso_expectation_forward");
     ctx->save_for_backward({q, k, v, saved(mask)});
     ctx->saved_data["hash_bits"] = hash_bits;
     ctx->saved_data["derivative"] = derivative;
-    return fwd.call(q, k, v, mask, hash_bits);
+    ctx->saved_data["reference"] = reference;
+    return reference ? reference::yoso_expectation_forward(q, k, v, mask, hash_bits)
+                     : fwd.call(q, k, v, mask, hash_bits);
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
@@ -244,10 +261,12 @@ class YosoExpectationFunction : public torch::autograd::Function<YosoExpectation
     static auto bwd =
         op_handle<decltype(expectation_backward_cpu)>("longattn::_yoso_expectation_backward");
     auto s = ctx->get_saved_variables();
-    auto [gq, gk, gv] = bwd.call(grads[0], s[0], s[1], s[2], unsaved(s[3]),
-                                 ctx->saved_data["hash_bits"].toInt(),
-                                 ctx->saved_data["derivative"].toInt());
-    return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor()};
+    const int64_t tau = ctx->saved_data["hash_bits"].toInt(), derivative = ctx->saved_data["derivative"].toInt();
+    auto [gq, gk, gv] =
+        ctx->saved_data["reference"].toBool()
+            ? reference::yoso_expectation_backward(grads[0], s[0], s[1], s[2], unsaved(s[3]), tau, derivative)
+            : bwd.call(grads[0], s[0], s[1], s[2], unsaved(s[3]), tau, derivative);
+    return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -267,8 +286,10 @@ OptTensor check_common(const char* op, const at::Tensor& q, const at::Tensor& k,
 at::Tensor yoso_attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                int64_t hash_bits, int64_t num_hashes, int64_t seed,
                                const OptTensor& key_padding_mask, c10::string_view hashing,
-                               c10::string_view backward) {
+                               c10::string_view backward, c10::string_view path) {
   OptTensor mask = check_common(kOp, q, k, v, key_padding_mask, hash_bits);
+  // On CPU the reference is called directly; other devices reach it through the dispatcher.
+  const bool reference = takes_reference_path(kOp, path, q) && q.device().is_cpu() && !traced(q);
   // The codes take 4·B·H·m·(Nq + Nk) bytes (kept for the backward): m is capped to keep an
   // accidental huge value from trying to allocate terabytes.
   constexpr int64_t kMaxHashes = 1 << 16;
@@ -281,18 +302,20 @@ at::Tensor yoso_attention_impl(const at::Tensor& q, const at::Tensor& k, const a
   const at::Tensor qz = q.size(2) == k.size(2) ? zero_masked_rows(q, mask, 2) : q;
   return YosoAttentionFunction::apply(last_dim_contiguous(qz), last_dim_contiguous(zero_masked_rows(k, mask, 2)),
                                       last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, hash_bits, num_hashes, seed,
-                                      h, lsh);
+                                      h, lsh, reference);
 }
 
 at::Tensor yoso_expectation_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  int64_t hash_bits, const OptTensor& key_padding_mask,
-                                 c10::string_view backward) {
+                                 c10::string_view backward, c10::string_view path) {
   OptTensor mask = check_common(kOpE, q, k, v, key_padding_mask, hash_bits);
+  const bool reference = takes_reference_path(kOpE, path, q) && q.device().is_cpu() && !traced(q);
   // Codes in the order of kernels::YosoDerivative.
   const int64_t d = option_code(kOpE, "backward", backward, {"exact", "surrogate"});
   const at::Tensor qz = q.size(2) == k.size(2) ? zero_masked_rows(q, mask, 2) : q;
   return YosoExpectationFunction::apply(last_dim_contiguous(qz), last_dim_contiguous(zero_masked_rows(k, mask, 2)),
-                                        last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, hash_bits, d);
+                                        last_dim_contiguous(zero_masked_rows(v, mask, 2)), mask, hash_bits, d,
+                                        reference);
 }
 
 }  // namespace
@@ -300,10 +323,10 @@ at::Tensor yoso_expectation_impl(const at::Tensor& q, const at::Tensor& k, const
 TORCH_LIBRARY_FRAGMENT(longattn, m) {
   m.def(
       "yoso_attention(Tensor q, Tensor k, Tensor v, *, int hash_bits, int num_hashes, int seed, "
-      "Tensor? key_padding_mask=None, str hashing='gaussian', str backward='lsh') -> Tensor");
+      "Tensor? key_padding_mask=None, str hashing='gaussian', str backward='lsh', str path='fused') -> Tensor");
   m.def(
       "yoso_expectation(Tensor q, Tensor k, Tensor v, *, int hash_bits, "
-      "Tensor? key_padding_mask=None, str backward='exact') -> Tensor");
+      "Tensor? key_padding_mask=None, str backward='exact', str path='fused') -> Tensor");
   m.def(
       "_yoso_hash(Tensor q, Tensor k, Tensor? key_padding_mask, int hash_bits, int num_hashes, "
       "int seed, int hashing) -> (Tensor, Tensor)");
@@ -337,6 +360,15 @@ TORCH_LIBRARY_IMPL(longattn, Meta, m) {
   m.impl("_yoso_expectation_backward", expectation_backward_meta);
 }
 
+// Every device without the fused kernels (CUDA, XPU, MPS, ...) takes the reference path.
+TORCH_LIBRARY_IMPL(longattn, CompositeExplicitAutograd, m) {
+  m.impl("_yoso_hash", reference::yoso_hash);
+  m.impl("_yoso_forward", reference::yoso_forward);
+  m.impl("_yoso_backward_lsh", reference::yoso_backward_lsh);
+  m.impl("_yoso_expectation_forward", reference::yoso_expectation_forward);
+  m.impl("_yoso_expectation_backward", reference::yoso_expectation_backward);
+}
+
 TORCH_LIBRARY_IMPL(longattn, CompositeImplicitAutograd, m) {
   m.impl("yoso_attention", yoso_attention_impl);
   m.impl("yoso_expectation", yoso_expectation_impl);
@@ -350,14 +382,14 @@ at::Tensor yoso_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
                           const YosoOptions& o) {
   static auto op = ops::op_handle<decltype(ops::yoso_attention_impl)>("longattn::yoso_attention");
   return op.call(q, k, v, o.hash_bits, o.num_hashes, o.seed, o.key_padding_mask, o.hashing,
-                 o.backward);
+                 o.backward, o.path);
 }
 
 at::Tensor yoso_expectation(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const YosoExpectationOptions& o) {
   static auto op =
       ops::op_handle<decltype(ops::yoso_expectation_impl)>("longattn::yoso_expectation");
-  return op.call(q, k, v, o.hash_bits, o.key_padding_mask, o.backward);
+  return op.call(q, k, v, o.hash_bits, o.key_padding_mask, o.backward, o.path);
 }
 
 }  // namespace longattn

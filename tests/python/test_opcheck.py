@@ -223,3 +223,26 @@ def _kernelized_reference_cases():
 def test_opcheck_kernelized_reference(i):
     name, args, kwargs = _kernelized_reference_cases()[i]
     torch.library.opcheck(getattr(ops, name).default, args, kwargs)
+
+
+# ---- toeplitz, yoso, dropout: the reference path (#17) -------------------------------------
+def _reference_cases_toeplitz_yoso_dropout():
+    torch.manual_seed(1)
+    x = _t(B, H, N, 3)
+    q, k, v = _t(B, H, N, D), _t(B, H, N, D), _t(B, H, N, 3)
+    m = _mask(B, N)
+    return [
+        ("toeplitz_matmul", (_t(H, 2 * N - 1), x), dict(causal=True, path="reference")),
+        ("toeplitz_matmul_2d", (_t(H, 3), _t(H, 5), x), dict(height=2, width=3, path="reference")),
+        ("yoso_attention", (q, k, v), dict(hash_bits=3, num_hashes=4, seed=5, key_padding_mask=m, path="reference")),
+        ("yoso_attention", (q, k, v), dict(hash_bits=3, num_hashes=4, seed=5, hashing="hadamard",
+                                           backward="exact", path="reference")),
+        ("yoso_expectation", (q, k, v), dict(hash_bits=3, key_padding_mask=m, path="reference")),
+        ("dropout", (_t(B, N, D), 0.25, 7), dict(path="reference")),
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(_reference_cases_toeplitz_yoso_dropout())))
+def test_opcheck_reference_toeplitz_yoso_dropout(i):
+    name, args, kwargs = _reference_cases_toeplitz_yoso_dropout()[i]
+    torch.library.opcheck(getattr(ops, name).default, args, kwargs)

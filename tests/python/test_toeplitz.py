@@ -84,7 +84,7 @@ def test_bad_input_messages():
         longattn.toeplitz_matmul(torch.randn(3, 9), torch.randn(3, 5, 4))
     with pytest.raises(RuntimeError, match="dtype"):
         longattn.toeplitz_matmul(torch.randn(3, 9, dtype=torch.float64), x)
-    with pytest.raises(RuntimeError, match=r"path must be 'auto', 'direct' or 'fft', got 'fast'"):
+    with pytest.raises(RuntimeError, match=r"path must be 'auto', 'direct', 'fft' or 'reference', got 'fast'"):
         longattn.toeplitz_matmul(torch.randn(3, 9), x, path="fast")
     with pytest.raises(RuntimeError, match=r"toeplitz_matmul_2d: x must have N = height \* width = 6 .* got N = 5"):
         longattn.toeplitz_matmul_2d(torch.randn(3, 3), torch.randn(3, 5), x, height=2, width=3)

@@ -23,6 +23,9 @@ struct YosoOptions {
   c10::optional<at::Tensor> key_padding_mask;
   std::string hashing = "gaussian";  // "gaussian" | "hadamard" (the authors' fast hash)
   std::string backward = "lsh";      // "lsh" | "exact" (both the surrogate)
+  // "fused" (the CPU kernels) | "reference" (ATen operations, any device: the same hash codes
+  // for the same seed); tensors off the CPU take the reference whatever this says.
+  std::string path = "fused";
 };
 
 // q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv] -> [B, H, Nq, Dv]; float32 or float64.
@@ -33,6 +36,7 @@ struct YosoExpectationOptions {
   int64_t hash_bits = 0;  // τ in [1, 30] (required)
   c10::optional<at::Tensor> key_padding_mask;
   std::string backward = "exact";  // "exact" (true derivative) | "surrogate" ((τ/2)·E)
+  std::string path = "fused";      // "fused" | "reference", as YosoOptions::path
 };
 
 // Y_i = Σ_j (1 − arccos(q̂_iᵀk̂_j)/π)^τ v_j, fused: O(N²) time, O(N) extra memory.
