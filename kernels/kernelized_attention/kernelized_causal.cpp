@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/common/blas.h"
+#include "kernels/common/guarded_products.h"
 #include "kernels/kernelized_attention/head.h"
 #include "kernels/common/vec_exp.h"
 
@@ -104,11 +105,24 @@ void chunk_weights(const Head<T>& s, Chunk<T>& w, int64_t n) {
   causal_scale(s, w.A.data(), w.C, n, w.ck.data(), w.R.data());
 }
 
+// The products of a chunk's causal weights (zero above the diagonal) with rows of the chunk's keys:
+// out[i] = sum_{j <= i} M[i][j] x[j] (M n x n with row stride C, x and out n x cols). A GEMM
+// multiplies the zero weights too, and 0 * inf = NaN: a non-finite later row of x would reach
+// earlier rows, so chunks whose rows are not all finite take the product that skips zero weights.
+template <class T>
+void causal_rows_product(const T* M, int64_t C, int64_t n, const T* x, int64_t cols, T* out) {
+  if (rows_finite(x, n, cols, cols)) {
+    gemm(false, false, n, cols, n, T(1), M, C, x, cols, T(0), out, cols);
+    return;
+  }
+  std::fill_n(out, n * cols, T(0));
+  guarded_weighted_sum(n, n, cols, M, int64_t(1), C, x, cols, out, cols);
+}
+
 // numer = A vaug + e^{prev - R_i} qf_i S'.
 template <class T>
 void chunk_numerator(const Head<T>& s, Chunk<T>& w, int64_t n, T prev) {
-  gemm(false, false, n, w.W, n, T(1), w.A.data(), w.C, w.vaug.data(), w.W, T(0), w.numer.data(),
-       w.W);
+  causal_rows_product(w.A.data(), w.C, n, w.vaug.data(), w.W, w.numer.data());
   if (prev == neg_inf<T>()) return;
   // Scale the query features by e^{prev - R_i} (a copy: qf is needed unscaled later).
   for (int64_t i = 0; i < n; ++i) {
@@ -168,7 +182,7 @@ void causal_backward_head(const Head<T>& s, const HeadGrads<T>& g, int64_t chunk
     // g qf = P phi + e^{prev - R_i} gn_i S'^T.
     gemm(false, true, n, n, W, T(1), w.gn.data(), W, w.vaug.data(), W, T(0), w.P.data(), C);
     causal_scale(s, w.P.data(), C, n, w.ck.data(), w.R.data());
-    gemm(false, false, n, m, n, T(1), w.P.data(), C, w.kf.data(), m, T(0), w.gphi.data(), m);
+    causal_rows_product(w.P.data(), C, n, w.kf.data(), m, w.gphi.data());
     if (prev != neg_inf<T>()) {
       for (int64_t i = 0; i < n; ++i) {
         const T f = s.fac(prev, w.R[i]);

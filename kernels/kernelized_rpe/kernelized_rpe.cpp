@@ -235,7 +235,19 @@ void forward_impl(const KernelizedRpeParams<T>& p, BHND<T> out, KernelizedRpeRow
     nd.resize(N * (Dv + 1));
     std::fill(nd.data(), nd.data() + N * (Dv + 1), T(0));
     const bool any = sl.ck != kNegInf && sl.trend->cw != kNegInf;
-    for (size_t ci = 0; any && ci < chunks.size(); ++ci) {
+    // Causal: the FFT mixes every key into every row, so a NaN or inf in a later key or value
+    // would reach earlier rows (0 * inf = NaN). Such a (b, h) takes the direct path for every
+    // row, which reads only the row's own keys j <= i (rare: the inputs hold non-finite values);
+    // its backward is then direct too (no FFT row).
+    bool all_direct = false;
+    for (int64_t j = 0; p.causal && !all_direct && j < N; ++j) {
+      if (!sl.on[j]) continue;
+      const T* kf = p.phi_k.row(b, h, j);
+      const T* vj = p.v.row(b, h, j);
+      for (int64_t mm = 0; mm < m && !all_direct; ++mm) all_direct = !std::isfinite(kf[mm]);
+      for (int64_t d = 0; d < Dv && !all_direct; ++d) all_direct = !std::isfinite(vj[d]);
+    }
+    for (size_t ci = 0; any && !all_direct && ci < chunks.size(); ++ci) {
       const Chunk& c = chunks[ci];
       load_keys<T, W>(p, sl, c, buf.data());
       fft::forward_padded<T, W>(*plan, buf.data(), N);
@@ -282,7 +294,7 @@ void forward_impl(const KernelizedRpeParams<T>& p, BHND<T> out, KernelizedRpeRow
       const T e = static_cast<T>(eps_scaled(p.eps, &mu_i, sl.G(i)));
       // A denominator below T's normal range goes to the direct path too: its reciprocal would
       // overflow to inf (and it has lost its relative precision anyway).
-      if (r[Dv] >= std::numeric_limits<T>::min() && noise * a1 <= kTau<T> * (double(r[Dv]) + double(e))) {
+      if (!all_direct && r[Dv] >= std::numeric_limits<T>::min() && noise * a1 <= kTau<T> * (double(r[Dv]) + double(e))) {
         dn = r[Dv] + e;
         const T inv = std::isfinite(dn) ? T(1) / dn : T(0);
         for (int64_t d = 0; d < Dv; ++d) o[d] = r[d] * inv;

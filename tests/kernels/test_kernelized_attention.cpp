@@ -262,3 +262,43 @@ TEST(BlasConcurrency, ConcurrentGemmsAreCorrect) {
   });
   for (int w : wrong) EXPECT_EQ(w, 0);
 }
+
+// A NaN or inf in a later key or value never reaches an earlier row, in the forward or in the
+// gradient of an earlier query (only earlier outputs carry a gradient here): the causal scan
+// takes a chunk's keys as one block, whose products would otherwise multiply the zero weights of
+// the future keys (0 * inf = NaN). pos = 100 sits inside the second 64-row chunk, after earlier
+// rows of that chunk.
+TEST(KernelizedAttention, CausalFutureNonFiniteNeverReachesEarlierRows) {
+  const int64_t N = 150, D = 4, Dv = 3, pos = 100;
+  for (FeatureMap fm : kMaps)
+    for (bool in_v : {false, true})
+      for (double value : {double(NAN), double(INFINITY), -double(INFINITY)})
+        for (bool save_denominators : {true, false}) {
+          Problem clean = make_problem(fm, true, false, 1, 2, N, D, Dv, 31);
+          Problem dirty = clean;
+          for (int64_t h = 0; h < 2; ++h) {
+            if (in_v) dirty.v[size_t((h * N + pos) * Dv + 1)] = value;
+            else dirty.k[size_t((h * N + pos) * D + 1)] = value;
+          }
+          std::vector<double> gout = testing_ref::normal_vector<double>(2 * N * Dv, 5);
+          for (int64_t h = 0; h < 2; ++h)
+            for (int64_t i = pos; i < N; ++i)
+              for (int64_t e = 0; e < Dv; ++e) gout[size_t((h * N + i) * Dv + e)] = 0;
+          const auto a = run_kernel<float>(clean, &gout, 2, 64, false, save_denominators);
+          const auto b = run_kernel<float>(dirty, &gout, 2, 64, false, save_denominators);
+          const std::string what = name_of(fm) + (in_v ? " v" : " k") + " = " + std::to_string(value);
+          for (int64_t h = 0; h < 2; ++h)
+            for (int64_t i = 0; i < pos; ++i) {
+              for (int64_t e = 0; e < Dv; ++e) {
+                const size_t x = size_t((h * N + i) * Dv + e);
+                ASSERT_TRUE(std::isfinite(b.out[x])) << what << " out row " << i;
+                ASSERT_NEAR(b.out[x], a.out[x], 1e-5 * (1 + std::abs(a.out[x]))) << what << " out row " << i;
+              }
+              for (int64_t d = 0; d < D; ++d) {
+                const size_t x = size_t((h * N + i) * D + d);
+                ASSERT_TRUE(std::isfinite(b.gq[x])) << what << " dq row " << i;
+                ASSERT_NEAR(b.gq[x], a.gq[x], 1e-5 * (1 + std::abs(a.gq[x]))) << what << " dq row " << i;
+              }
+            }
+        }
+}

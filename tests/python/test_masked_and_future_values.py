@@ -178,6 +178,35 @@ def test_shatter_causal_future_values_never_reach_earlier_rows(value, which, n, 
     _future_case(fn, [q, k, v, part], [1, 1, 2, 1], which, pos, value, (2, n, Dv))
 
 
+@pytest.mark.parametrize("value", BAD)
+@pytest.mark.parametrize("which", ["k", "v"])
+@pytest.mark.parametrize("n,pos", [(9, 1), (9, 8), (150, 100), (150, 140)])
+@pytest.mark.parametrize("feature_map", ["elu", "relu", "sikf", "favor"])
+@pytest.mark.parametrize("path", ["fused", "reference"])
+def test_kernelized_causal_future_values_never_reach_earlier_rows(value, which, n, pos, feature_map, path):
+    # The causal scan takes a chunk's keys as one block: (n, pos) = (150, 100) puts the bad value
+    # inside a chunk after earlier rows of the same chunk.
+    g = torch.Generator().manual_seed(n + pos)
+    q, k, v = (torch.randn(1, 2, n, d, generator=g, dtype=torch.float64) for d in (D, D, Dv))
+    omega = longattn.random_features(8, D, seed=1, dtype=torch.float64) if feature_map == "favor" else None
+    fn = lambda q, k, v: longattn.kernelized_attention(q, k, v, feature_map=feature_map, causal=True,  # noqa: E731
+                                                      projection=omega, path=path)
+    _future_case(fn, [q, k, v], [2, 2, 2], which, pos, value, (1, 2, n, Dv))
+
+
+@pytest.mark.parametrize("value", BAD)
+@pytest.mark.parametrize("which", ["k", "v"])
+@pytest.mark.parametrize("n,pos", [(9, 5), (150, 100)])
+@pytest.mark.parametrize("path", ["fused", "reference"])
+def test_kernelized_rel_bias_causal_future_values_never_reach_earlier_rows(value, which, n, pos, path):
+    g = torch.Generator().manual_seed(n + pos)
+    q, k, v = (torch.randn(1, 2, n, d, generator=g, dtype=torch.float64) for d in (D, D, Dv))
+    rb = torch.randn(2, 2 * n - 1, generator=g, dtype=torch.float64)
+    fn = lambda q, k, v: longattn.kernelized_attention(q, k, v, feature_map="elu", causal=True,  # noqa: E731
+                                                      rel_bias=rb, path=path)
+    _future_case(fn, [q, k, v], [2, 2, 2], which, pos, value, (1, 2, n, Dv))
+
+
 # ------------------------------------------------------------------------- causal Toeplitz
 
 
