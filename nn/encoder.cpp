@@ -1,5 +1,6 @@
 #include "nn/encoder.h"
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 
@@ -11,6 +12,8 @@ std::string ModelConfig::to_string() const {
     << " dim=" << dim << " heads=" << heads << " ffn=" << ffn << " dropout=" << dropout << " attention=" << attention
     << " positions=" << positions << " pooling=" << pooling << " fastrpb=" << fastrpb << " height=" << height
     << " width=" << width << " paired=" << (paired ? 1 : 0) << " seed=" << seed;
+  // Only when set: checkpoints written before the option existed keep their configuration string.
+  if (embed_std != 1.0) s << " embed_std=" << embed_std;
   return s.str();
 }
 
@@ -38,6 +41,7 @@ ModelConfig ModelConfig::from_string(const std::string& text) {
     else if (k == "width") c.width = std::stoll(v);
     else if (k == "paired") c.paired = v == "1";
     else if (k == "seed") c.seed = std::stoull(v);
+    else if (k == "embed_std") c.embed_std = std::stod(v);
     else throw std::invalid_argument("model config: unknown key '" + k + "'");
   }
   return c;
@@ -50,7 +54,13 @@ EncoderImpl::EncoderImpl(const ModelConfig& c) : c_(c) {
     if (v < 1) throw std::invalid_argument(std::string("model: ") + name + " must be >= 1, got " + std::to_string(v));
   if (c.positions != "learned" && c.positions != "none")
     throw std::invalid_argument("positions must be learned or none, got '" + c.positions + "'");
+  if (!(c.embed_std > 0) || !std::isfinite(c.embed_std))
+    throw std::invalid_argument("model: embed_std must be a finite number > 0, got " + std::to_string(c.embed_std));
   embed_ = register_module("embed", torch::nn::Embedding(c.vocab_size, c.dim));
+  if (c.embed_std != 1.0) {  // (1: torch's own initialisation, drawn above)
+    torch::NoGradGuard no_grad;
+    embed_->weight.normal_(0.0, c.embed_std);
+  }
   if (c.positions == "learned") positions_ = register_parameter("positions", torch::randn({c.max_len, c.dim}) * 0.02);
   attn_norms_ = register_module("attn_norms", torch::nn::ModuleList());
   attns_ = register_module("attns", torch::nn::ModuleList());

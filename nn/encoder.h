@@ -31,6 +31,11 @@ struct ModelConfig {
   int64_t height = 0, width = 0;      // image grid, for fastrpb=2d
   bool paired = false;                // retrieval: two documents per example
   uint64_t seed = 0;
+  // Standard deviation of the token embedding's normal initialisation: 1 is torch's Embedding
+  // default (what every earlier run used); PyTorch-LRA's models start from 0.02, as their
+  // positions do, so the blocks' outputs and not the raw token vectors dominate the residual
+  // stream from the first step.
+  double embed_std = 1.0;
 
   // "key=value ..." form, stored in checkpoints so a model can be rebuilt from one.
   std::string to_string() const;

@@ -86,6 +86,7 @@ int train_command(const app::Args& args) {
               {"dropout", "dropout probability in [0, 1) (default 0.1)"},
               {"positions", "learned or none (default learned)"},
               {"pooling", "mean or cls (default mean)"},
+              {"embed-std", "token embedding init std, a finite number > 0; PyTorch-LRA: 0.02 (default 1, torch's)"},
               {"steps", "optimiser steps, >= 1 (default 1000)"},
               {"batch", "examples per step, >= 1 (default 32)"},
               {"bucket", "batches per length-sorted pool, >= 1; 1: no bucketing (default 1)"},
@@ -151,6 +152,7 @@ int train_command(const app::Args& args) {
   c.model.dropout = f.get_double("dropout", 0.1, 0.0, 1.0, false, true);
   c.model.positions = f.get_choice("positions", "learned", {"learned", "none"});
   c.model.pooling = f.get_choice("pooling", "mean", {"mean", "cls"});
+  c.model.embed_std = f.get_double("embed-std", 1.0, 0.0, std::numeric_limits<double>::max(), true);
   c.steps = f.get_int("steps", 1000, 1);
   c.batch = f.get_int("batch", 32, 1, 1 << 20);
   c.bucket = f.get_int("bucket", 1, 1, 1 << 20);

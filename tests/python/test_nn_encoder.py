@@ -96,3 +96,13 @@ def test_retrieval_head_reads_both_documents():
 
 def test_exported():
     assert longattn.nn.Classifier is Classifier
+
+
+def test_embedding_init_scale_is_torchs_by_default_and_pytorch_lras_on_request():
+    # The twin of tests/train/test_train.cpp's EmbeddingInitScale: 64 x 32 = 2048 normal draws, whose
+    # sample std lies within 1.6% of sigma at one standard error (bound: five of them).
+    cfg = dict(vocab_size=64, dim=32, max_len=8)
+    assert abs(Classifier(ModelConfig(**cfg)).encoder.embed.weight.std().item() - 1.0) < 0.08
+    assert abs(Classifier(ModelConfig(embed_std=0.02, **cfg)).encoder.embed.weight.std().item() - 0.02) < 0.0016
+    with pytest.raises(ValueError, match="embed_std must be a finite number > 0, got 0"):
+        Classifier(ModelConfig(embed_std=0, **cfg))

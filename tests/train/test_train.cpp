@@ -194,3 +194,29 @@ TEST(FastRPB, MatchesDenseBias) {
       }
   EXPECT_TRUE(torch::allclose(two->forward(v2, m2), d2, 1e-4, 1e-5));
 }
+
+// The token embedding's initial scale: torch's N(0, 1) by default (and then absent from the
+// configuration string, so checkpoints written before the option still resume), PyTorch-LRA's
+// N(0, 0.02) on request, round-tripped through the string a checkpoint stores.
+TEST(ModelConfigTest, EmbeddingInitScale) {
+  nn::ModelConfig c;
+  c.vocab_size = 64, c.dim = 32, c.max_len = 8;
+  EXPECT_EQ(c.to_string().find("embed_std"), std::string::npos);
+  torch::manual_seed(3);
+  nn::Classifier base(c);
+  c.embed_std = 0.02;
+  const nn::ModelConfig back = nn::ModelConfig::from_string(c.to_string());
+  EXPECT_EQ(back.embed_std, 0.02);
+  torch::manual_seed(3);
+  nn::Classifier lra(back);
+  auto std_of = [](nn::Classifier& m) {
+    for (const auto& p : m->named_parameters())
+      if (p.key().find("embed.weight") != std::string::npos) return p.value().std().item<double>();
+    return -1.0;
+  };
+  // 2048 normal draws: the sample std is within 2% of sigma (1 sigma ~ 1.6%) x 5.
+  EXPECT_NEAR(std_of(base), 1.0, 0.08);
+  EXPECT_NEAR(std_of(lra), 0.02, 0.0016);
+  c.embed_std = 0;
+  EXPECT_THROW(nn::Classifier bad(c), std::invalid_argument);
+}

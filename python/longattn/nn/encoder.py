@@ -210,6 +210,7 @@ class ModelConfig:
     width: int = 0
     paired: bool = False        # retrieval: two documents per example
     seed: int = 0
+    embed_std: float = 1.0      # token embedding init std: 1 torch's default, 0.02 PyTorch-LRA's
 
 
 def _full_mask(tokens, mask):
@@ -236,7 +237,12 @@ class Encoder(nn.Module):
         if c.positions not in ("learned", "none"):
             raise ValueError(f"positions must be learned or none, got '{c.positions}'")
         self.c = c
+        if not (c.embed_std > 0 and math.isfinite(c.embed_std)):
+            raise ValueError(f"model: embed_std must be a finite number > 0, got {c.embed_std}")
         self.embed = nn.Embedding(c.vocab_size, c.dim)
+        if c.embed_std != 1.0:  # (1: torch's own initialisation, drawn above)
+            with torch.no_grad():
+                self.embed.weight.normal_(0.0, c.embed_std)
         self.positions = nn.Parameter(torch.randn(c.max_len, c.dim) * 0.02) if c.positions == "learned" else None
         self.attn_norms = nn.ModuleList()
         self.attns = nn.ModuleList()
