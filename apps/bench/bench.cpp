@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <iomanip>
@@ -223,6 +224,7 @@ int run_bench(const Args& args) {
                {"budget", "seconds per measurement before repetitions are cut (default 20)"},
                {"threads", "thread count (default 2)"},
                {"dtype", "float32, float64, bfloat16 and/or float16, comma-separated: each case in each, side by side (default float32)"},
+               {"path", "fused and/or reference, comma-separated: each longattn case on each path (LONGATTN_PATH, docs/reference_path.md), side by side; baselines once (default: the environment's)"},
                {"max-gib", "skip cases whose estimated working set exceeds this (default 16)"},
                {"json", "write results as JSON to this file (default: none)"},
                {"md", "write the Markdown table to this file (default: none)"},
@@ -257,6 +259,12 @@ int run_bench(const Args& args) {
     else if (d == "float16") dtypes.push_back(at::kHalf);
     else throw UsageError("flag --dtype got '" + d + "'; allowed: float32, float64, bfloat16, float16");
   }
+  // The longattn operators read LONGATTN_PATH at every call: each path is set around its
+  // measurements. Empty: leave the environment as it is.
+  std::vector<std::string> paths = flags.get_list("path", {});
+  for (auto& p : paths)
+    if (p != "fused" && p != "reference") throw UsageError("flag --path got '" + p + "'; allowed: fused, reference");
+  if (paths.empty()) paths.push_back("");
   const auto ns = flags.get_int_list("n", {}, 1);
   const auto causals = flags.get_int_list("causal", {}, 0, 1);
   const auto biases = flags.get_int_list("rel-bias", {}, 0, 1);
@@ -323,9 +331,13 @@ int run_bench(const Args& args) {
         } catch (const std::exception& e) {
           why = std::string("error: ") + e.what();
         }
+        for (const std::string& path : paths)
         for (auto& mode : modes) {
+          if (c.baseline && path != paths.front()) continue;  // a baseline has one path
+          if (!path.empty()) ::setenv("LONGATTN_PATH", path.c_str(), 1);
           Record r;
-          r.suite = suite.name, r.op = c.name, r.mode = mode, r.baseline = c.baseline, r.shape = shape;
+          r.suite = suite.name, r.op = c.name + (path == "reference" && !c.baseline ? " (reference path)" : ""),
+          r.mode = mode, r.baseline = c.baseline, r.shape = shape;
           const bool fb = mode == "fwd+bwd";
           if (!runner) {
             r.skipped = why.empty() ? "not applicable" : why;
@@ -350,7 +362,7 @@ int run_bench(const Args& args) {
             }
           }
           std::cout << suite.name << " | " << shape_label(shape) << (shape.causal ? " causal" : "")
-                    << (shape.rel_bias ? " bias" : "") << " | " << mode << " | " << c.name << " | ";
+                    << (shape.rel_bias ? " bias" : "") << " | " << mode << " | " << r.op << " | ";
           if (r.skipped.empty())
             std::cout << fmt(r.time_s * 1e3, 2) << " ms"
                       << (std::isfinite(r.gflops) ? ", " + fmt(r.gflops, 1) + " GFLOP/s" : "")
