@@ -28,7 +28,10 @@
 //              about 3 E (projection, bits, weighted bits).
 //   forward:   B·H·Nq·Dv (output) + per hash chunk (hc·B·H·(N + 1)·Dv ≤ E) the expanded values,
 //              the table and the gathered rows, ≤ 3 E, and int64 bucket ids 4·hc·B·H·N ≤ 4 E / Dv.
-//   backward:  B·H·(Nq + Nk)·(D + Dv) (gradients, q̂, k̂) + per hash and column chunk
+//   backward:  B·H·(Nq + Nk)·(D + Dv) (gradients, q̂, k̂) + the dv tables as the forward, then
+//              for q̂ and k̂ either the colliding pairs (P ≤ E/4 of a hash chunk: a few int64 lists
+//              of P entries, ≤ 6·P·8 bytes ≈ 3 E elements of float32, and pair chunks of
+//              E/(2D + 2Dv + 4) rows, about E), or, when P > E/4, per hash and column chunk
 //              (hc·ec·B·H·(N + 1)·D ≤ E) about 4 E (products, table, gathered rows, einsum).
 //   YOSO-E forward: B·H·Nq·Dv + per query chunk (rows·B·H·Nk ≤ E) about 6 E (x, clamp, arccos,
 //              1 − θ/π, the power and its scratch); backward: 2·B·H·(Nq+Nk)·D + B·H·Nk·Dv + about 9 E.
@@ -254,6 +257,51 @@ int64_t query_rows(const at::Tensor& q, const at::Tensor& k) {
   return reference_chunk_rows(q.size(0) * q.size(1) * k.size(2));
 }
 
+// ∂L/∂q̂ and ∂L/∂k̂ of the surrogate, pair by pair: for every colliding (query i, key j) of the
+// chunk's hashes, w = g_i·v_j, then dq_i += w k̂_j and dk_j += w q̂_i. The per-bucket tables below
+// cost O(N D Dv) per hash whatever the collisions; the pairs cost O(P (D + Dv)), and with
+// τ ≈ log2 N there are about N pairs per hash, so this is the fast way in the usual case (a 200×
+// difference at N = 4096, D = Dv = 64). Degenerate inputs (many equal codes: P up to N² per hash)
+// would need more than the budget for the pair lists and take the tables instead (false).
+// Pairs are listed from the keys grouped by bucket (a stable sort of their bucket ids) and each
+// query's count and first position in that order; one host read of P sizes the lists.
+bool colliding_pairs_backward(const Buckets& bk, const at::Tensor& g, const at::Tensor& v, const at::Tensor& qh,
+                              const at::Tensor& kh, int64_t n, at::Tensor& dq, at::Tensor& dk) {
+  const int64_t B = qh.size(0), H = qh.size(1), Nq = qh.size(2), Nk = kh.size(2), D = qh.size(3), Dv = v.size(3);
+  at::Tensor counts = at::bincount(bk.key, {}, bk.count);
+  at::Tensor starts = counts.cumsum(0).sub_(counts);
+  at::Tensor per_query = counts.index_select(0, bk.query);
+  const int64_t P = per_query.sum().item<int64_t>();
+  constexpr int64_t kMaxPairs = kReferenceChunkElements / 4;  // 3 int64 lists: 96 bytes per 4 pairs
+  if (P > kMaxPairs) return false;
+  if (P == 0) return true;
+  at::Tensor order = std::get<1>(bk.key.sort(/*stable=*/true, 0, false));
+  at::Tensor flat_q = at::arange(bk.query.size(0), bk.query.options()).repeat_interleave(per_query, 0, P);
+  at::Tensor first = per_query.cumsum(0).sub_(per_query).repeat_interleave(per_query, 0, P);
+  at::Tensor key_pos = starts.index_select(0, bk.query).repeat_interleave(per_query, 0, P)
+                           .add_(at::arange(P, flat_q.options())).sub_(first);
+  first.reset();
+  at::Tensor flat_k = order.index_select(0, key_pos);
+  key_pos.reset();
+  // Flat per-hash indices ((b H + h) n + hash) N + i to rows (b H + h) N + i of [B H N, ·].
+  at::Tensor q_row = flat_q.div(n * Nq, "floor").mul_(Nq).add_(flat_q.remainder(Nq));
+  at::Tensor k_row = flat_k.div(n * Nk, "floor").mul_(Nk).add_(flat_k.remainder(Nk));
+  flat_q.reset();
+  flat_k.reset();
+  const at::Tensor G = g.reshape({B * H * Nq, Dv}), V = v.reshape({B * H * Nk, Dv});
+  const at::Tensor Qh = qh.reshape({B * H * Nq, D}), Kh = kh.reshape({B * H * Nk, D});
+  at::Tensor dq2 = dq.view({B * H * Nq, D}), dk2 = dk.view({B * H * Nk, D});
+  const int64_t chunk = std::max<int64_t>(1, kReferenceChunkElements / (2 * D + 2 * Dv + 4));
+  for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+    const int64_t np = std::min(chunk, P - p0);
+    const at::Tensor qi = q_row.narrow(0, p0, np), kj = k_row.narrow(0, p0, np);
+    const at::Tensor w = (G.index_select(0, qi) * V.index_select(0, kj)).sum(-1, true);
+    dq2.index_add_(0, qi, Kh.index_select(0, kj).mul_(w));
+    dk2.index_add_(0, kj, Qh.index_select(0, qi).mul_(w));
+  }
+  return true;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> yoso_hash(const at::Tensor& q, const at::Tensor& k,
@@ -318,6 +366,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> yoso_backward_lsh(const at::Tenso
     // ∂L/∂v_j = Σ_h Σ_{i in j's bucket} g_i
     at::Tensor gt = at::zeros({bk.count, Dv}, g.options()).index_add_(0, bk.query, per_hash(g, n));
     dv.add_(read_sum(gt, bk.key, B, H, n, Nk));
+    if (colliding_pairs_backward(bk, g, v, qh, kh, n, dq, dk)) continue;
     for (int64_t e0 = 0; e0 < Dv; e0 += ec) {
       const int64_t ne = std::min(ec, Dv - e0);
       const at::Tensor ge = g.narrow(3, e0, ne), ve = v.narrow(3, e0, ne);

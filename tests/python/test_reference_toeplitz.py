@@ -145,6 +145,27 @@ def test_yoso_attention_matches_fused_fp64(hashing, backward, use_mask, Nq):
     assert_same(fused, ref, 1e-10)
 
 
+def test_yoso_surrogate_backward_with_every_pair_colliding_takes_the_tables():
+    # The surrogate backward lists colliding (query, key) pairs, unless a hash chunk has more than
+    # 2^22 of them (ops/reference/yoso.cpp): here every row is one vector plus a 1% perturbation,
+    # so nearly all 2400^2 pairs of the one 2-bit hash collide and the per-bucket tables compute
+    # it (the perturbation keeps the gradients of q and k, which are orthogonal to q and k, above
+    # round-off); both ways match the kernel.
+    N, D, Dv = 2400, 4, 3
+    g = torch.Generator().manual_seed(4)
+    row = torch.randn(1, 1, 1, D, dtype=torch.float64, generator=g)
+    q = (row + 0.01 * torch.randn(1, 1, N, D, dtype=torch.float64, generator=g)).requires_grad_(True)
+    k = (row + 0.01 * torch.randn(1, 1, N, D, dtype=torch.float64, generator=g)).requires_grad_(True)
+    v = torch.randn(1, 1, N, Dv, dtype=torch.float64, requires_grad=True, generator=g)
+    # The codes the operator draws (hadamard, code 1, its default): colliding pairs per code.
+    qc, kc = torch.ops.longattn._yoso_hash(q.detach(), k.detach(), None, 2, 1, 3, 1)
+    pairs = sum(int((qc == c).sum()) * int((kc == c).sum()) for c in range(4))
+    assert pairs > 2 ** 22, pairs  # the tables' side of the switch
+    f = lambda q, k, v, p: longattn.yoso_attention(q, k, v, hash_bits=2, num_hashes=1, seed=3, path=p)  # noqa: E731
+    fused, ref = both_paths(f, [q, k, v])
+    assert_same(fused, ref, 1e-10)
+
+
 @pytest.mark.parametrize("hashing", ["gaussian", "hadamard"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_yoso_hash_codes_same_bits(hashing, dtype):
