@@ -18,11 +18,33 @@
 // its batch index b as well as on the seed.
 #pragma once
 #include "kernels/common/isa_namespace.h"
+#include <algorithm>
 #include <cstdint>
 
+#include "kernels/common/random.h"
 #include "kernels/common/tensor_view.h"
 
 namespace longattn::kernels {
+
+// The generator of one (b, h)'s hash functions: a function of (seed, b, h) only, so every thread
+// count and the reference path (ops/reference/yoso.cpp) draw the same bits.
+inline SplitMix64 yoso_stream(uint64_t seed, int64_t b, int64_t h) {
+  uint64_t s = splitmix64_mix(seed + kGoldenGamma);
+  s = splitmix64_mix(s ^ splitmix64_mix(uint64_t(b) * 2 + 1 + kGoldenGamma));
+  s = splitmix64_mix(s ^ splitmix64_mix(uint64_t(h) * 2 + 2 + kGoldenGamma));
+  return SplitMix64{s};
+}
+
+// The Hadamard hashing's geometry: rows padded to Dpad, the next power of two >= max(D, tau, 2);
+// each pseudo-rotation gives floor(Dpad / tau) codes, so m codes take `rotations` of them.
+struct YosoHadamardShape {
+  int64_t dpad = 1, per_rotation, rotations;
+  YosoHadamardShape(int64_t D, int64_t tau, int64_t m) {
+    while (dpad < std::max<int64_t>(std::max<int64_t>(D, tau), 2)) dpad <<= 1;
+    per_rotation = dpad / tau;
+    rotations = (m + per_rotation - 1) / per_rotation;
+  }
+};
 
 enum class YosoHashing : int {
   gaussian = 0,  // dense Gaussian projection [m·τ, D]: O(m·τ·D) per row

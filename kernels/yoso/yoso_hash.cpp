@@ -22,13 +22,6 @@ constexpr int64_t kRowBlock = 64;  // rows hashed together (one GEMM or one tran
 // vector of floats) for short sequences, where a full block would mostly transform zeros.
 int64_t hadamard_block_rows(int64_t N) { return std::min(kRowBlock, (N + 15) / 16 * 16); }
 
-// The generator of (seed, b, h): a function of these three numbers only.
-SplitMix64 stream(uint64_t seed, int64_t b, int64_t h) {
-  uint64_t s = splitmix64_mix(seed + kGoldenGamma);
-  s = splitmix64_mix(s ^ splitmix64_mix(uint64_t(b) * 2 + 1 + kGoldenGamma));
-  s = splitmix64_mix(s ^ splitmix64_mix(uint64_t(h) * 2 + 2 + kGoldenGamma));
-  return SplitMix64{s};
-}
 
 void fill_normal(SplitMix64& g, double* out, int64_t n) {
   NormalStream normal{g};
@@ -36,26 +29,11 @@ void fill_normal(SplitMix64& g, double* out, int64_t n) {
   g = normal.rng;
 }
 
-int64_t next_pow2(int64_t x) {
-  int64_t p = 1;
-  while (p < x) p <<= 1;
-  return p;
-}
-
-// Hadamard geometry: Dpad = next power of two ≥ max(D, τ); each rotation gives ⌊Dpad/τ⌋ codes.
-struct HadamardShape {
-  int64_t dpad, per_rotation, rotations;
-  HadamardShape(int64_t D, int tau, int m) {
-    dpad = next_pow2(std::max<int64_t>(std::max<int64_t>(D, tau), 2));
-    per_rotation = dpad / tau;
-    rotations = (m + per_rotation - 1) / per_rotation;
-  }
-};
 
 // Random parameters of one (b, h): Gaussian rows [m·τ, D], or ±1 diagonals [rotations, 3, Dpad].
 template <class T>
 std::vector<T> draw_hash_params(const YosoParams<T>& p, int64_t b, int64_t h) {
-  auto g = stream(p.seed, b, h);
+  auto g = yoso_stream(p.seed, b, h);
   const int64_t D = p.q.D;
   if (p.hashing == YosoHashing::gaussian) {
     const int64_t n = int64_t(p.num_hashes) * p.hash_bits * D;
@@ -63,7 +41,7 @@ std::vector<T> draw_hash_params(const YosoParams<T>& p, int64_t b, int64_t h) {
     fill_normal(g, z.data(), n);
     return std::vector<T>(z.begin(), z.end());
   }
-  HadamardShape s(D, p.hash_bits, p.num_hashes);
+  YosoHadamardShape s(D, p.hash_bits, p.num_hashes);
   std::vector<T> signs(s.rotations * 3 * s.dpad);
   for (auto& x : signs) x = (g.next() >> 63) ? T(1) : T(-1);
   return signs;
@@ -108,7 +86,7 @@ template <class T>
 void hash_block_hadamard(const YosoParams<T>& p, const BHND<const T>& x, int64_t b, int64_t h,
                          int64_t r0, int64_t R, const T* signs, T* xt, T* yt, int32_t* codes) {
   const int tau = p.hash_bits, m = p.num_hashes;
-  const HadamardShape s(x.D, tau, m);
+  const YosoHadamardShape s(x.D, tau, m);
   const int64_t rb = hadamard_block_rows(x.N);
   std::fill(xt, xt + s.dpad * rb, T(0));
   for (int64_t r = 0; r < R; ++r) {
@@ -204,7 +182,7 @@ void yoso_hash(const YosoParams<T>& p, int32_t* q_codes, int32_t* k_codes) {
       std::vector<T> proj(R * m * p.hash_bits);
       hash_block_gaussian(p, x, b, h, r0, R, params[bh].data(), proj.data(), codes);
     } else {
-      const HadamardShape s(x.D, p.hash_bits, p.num_hashes);
+      const YosoHadamardShape s(x.D, p.hash_bits, p.num_hashes);
       const int64_t rb = hadamard_block_rows(x.N);
       std::vector<T> xt(s.dpad * rb), yt(s.dpad * rb);
       hash_block_hadamard(p, x, b, h, r0, R, params[bh].data(), xt.data(), yt.data(), codes);

@@ -61,38 +61,17 @@ bool nothing_flows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 
 // ------------------------------------------------------------------------------------ hashing
 
-// The generator of (seed, b, h), as kernels/yoso/yoso_hash.cpp derives it.
-kernels::SplitMix64 stream(uint64_t seed, int64_t b, int64_t h) {
-  uint64_t s = splitmix64_mix(seed + kGoldenGamma);
-  s = splitmix64_mix(s ^ splitmix64_mix(uint64_t(b) * 2 + 1 + kGoldenGamma));
-  s = splitmix64_mix(s ^ splitmix64_mix(uint64_t(h) * 2 + 2 + kGoldenGamma));
-  return kernels::SplitMix64{s};
-}
 
-int64_t next_pow2(int64_t x) {
-  int64_t p = 1;
-  while (p < x) p <<= 1;
-  return p;
-}
-
-struct HadamardShape {
-  int64_t dpad, per_rotation, rotations;
-  HadamardShape(int64_t D, int64_t tau, int64_t m) {
-    dpad = next_pow2(std::max<int64_t>(std::max<int64_t>(D, tau), 2));
-    per_rotation = dpad / tau;
-    rotations = (m + per_rotation - 1) / per_rotation;
-  }
-};
 
 // The hash parameters of every (b, h), drawn on the host in the kernel's order: Gaussian rows
 // [B, H, m·τ, D] or ±1 diagonals [B, H, rotations, 3, Dpad], in double.
 at::Tensor hash_params(int64_t B, int64_t H, int64_t D, int64_t tau, int64_t m, uint64_t seed, bool gaussian) {
-  const HadamardShape s(D, tau, m);
+  const kernels::YosoHadamardShape s(D, tau, m);
   const int64_t per_bh = gaussian ? m * tau * D : s.rotations * 3 * s.dpad;
   at::Tensor out = at::empty({B * H, per_bh}, at::TensorOptions().dtype(at::kDouble));
   auto acc = out.accessor<double, 2>();
   for (int64_t bh = 0; bh < B * H; ++bh) {
-    auto g = stream(seed, bh / H, bh % H);
+    auto g = kernels::yoso_stream(seed, bh / H, bh % H);
     if (gaussian) {
       kernels::NormalStream normal{g};
       for (int64_t i = 0; i < per_bh; ++i) acc[bh][i] = normal.next();
@@ -128,7 +107,7 @@ at::Tensor hash_rows(const at::Tensor& x, const at::Tensor& params, const c10::o
                      int64_t tau, int64_t m, bool gaussian) {
   const int64_t B = x.size(0), H = x.size(1), N = x.size(2), D = x.size(3);
   at::Tensor codes = at::empty({B, H, m, N}, x.options().dtype(at::kInt));
-  const HadamardShape s(D, tau, m);
+  const kernels::YosoHadamardShape s(D, tau, m);
   const int64_t rows = reference_chunk_rows(B * H * std::max(m * tau, 4 * s.dpad));
   for (int64_t r0 = 0; r0 < N; r0 += rows) {
     const int64_t R = std::min(rows, N - r0);
