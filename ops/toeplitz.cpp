@@ -30,7 +30,8 @@ kernels::ToeplitzPath path_from(int64_t code) { return static_cast<kernels::Toep
 // The path option: the kernel's ToeplitzPath codes, or "reference" (ops/reference/toeplitz.h),
 // which never reaches the kernel. A tensor on a device without the fused kernel takes the
 // reference whatever the option says (the internal operators' CompositeExplicitAutograd
-// kernels); Meta tensors keep the fused path's Meta kernels.
+// kernels); Meta tensors keep the fused path's Meta kernels. LONGATTN_PATH=reference (ops/common.h)
+// sends every call to the reference, as for the other operators.
 struct PathChoice {
   int64_t code;    // the kernel's path (Auto when the reference is taken)
   bool reference;  // the autograd Function calls the reference functions directly (CPU)
@@ -38,7 +39,7 @@ struct PathChoice {
 
 PathChoice path_choice(const char* op, c10::string_view path, const at::Tensor& x) {
   const int64_t code = option_code(op, "path", path, {"auto", "direct", "fft", "reference"});
-  const bool reference = code == 3 || !(x.device().is_cpu() || x.device().is_meta());
+  const bool reference = code == 3 || reference_path_forced() || !(x.device().is_cpu() || x.device().is_meta());
   return {reference ? int64_t(kernels::ToeplitzPath::Auto) : code,
           reference && x.device().is_cpu() && !traced(x)};
 }
