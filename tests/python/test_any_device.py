@@ -124,3 +124,38 @@ def test_the_trainer_refuses_a_device_it_cannot_use():
     out = subprocess.run([TOOL, "train", "--task", "detect", "--device", "cuda:99"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2 and "--device 'cuda:99': torch sees no such device in this process" in out.stderr
+
+
+def _every_operator_once():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 8, 4, generator=g) for _ in range(3))
+    omega = longattn.random_features(4, 4, seed=1)
+    phi = torch.rand(1, 2, 8, 3, generator=g) + 0.1
+    longattn.softmax_attention(q, k, v, causal=True, rel_bias=torch.randn(2, 15, generator=g))
+    longattn.kernelized_attention(q, k, v, feature_map="favor", projection=omega)
+    longattn.kernelized_attention(q, k, v, feature_map="elu", rel_bias=torch.randn(2, 15, generator=g))
+    longattn.kernelized_rpe_attention(phi, phi, v, torch.randn(2, 15, generator=g))
+    longattn.feature_map(q, feature_map="sikf")
+    longattn.toeplitz_matmul(torch.randn(2, 15, generator=g), v, causal=True)
+    longattn.toeplitz_matmul_2d(torch.randn(2, 3, generator=g), torch.randn(2, 7, generator=g), v, height=2, width=4)
+    longattn.yoso_attention(q, k, v, hash_bits=2, num_hashes=2, seed=1)
+    longattn.yoso_expectation(q, k, v, hash_bits=2)
+    longattn.shatter_attention(q[:, 0], k[:, 0], v, torch.softmax(torch.randn(2, 15, generator=g), 0))
+    longattn.dropout(q, 0.5, 3)
+
+
+def test_LONGATTN_PATH_reference_reaches_every_operator(monkeypatch):
+    # The fused path calls the internal operators (longattn::_<op>_...) through the dispatcher; the
+    # reference path on CPU calls its functions directly. The profiler sees which ran.
+    from torch.profiler import profile
+
+    def internal_ops():
+        with profile() as p:
+            _every_operator_once()
+        return {e.name for e in p.events() if e.name.startswith("longattn::_")}
+
+    fused = internal_ops()
+    assert {"longattn::_softmax_attention_forward", "longattn::_toeplitz_matmul_2d_forward",
+            "longattn::_dropout_apply", "longattn::_yoso_forward"} <= fused, fused
+    monkeypatch.setenv("LONGATTN_PATH", "reference")
+    assert internal_ops() == set()
