@@ -67,6 +67,12 @@ bool reference_path_forced() {
   fail("LONGATTN_PATH", std::string("must be 'fused' or 'reference' (or unset), got '") + v + "'");
 }
 
+bool calls_reference_directly(bool reference, const at::Tensor& t) {
+  const c10::DispatchKeySet keys = t.key_set();
+  return reference && t.device().is_cpu() && !keys.has(c10::DispatchKey::Python) &&
+         !keys.has(c10::DispatchKey::Functionalize) && !t.unsafeGetTensorImpl()->has_symbolic_sizes_strides();
+}
+
 int64_t reference_chunk_rows(int64_t per_row) {
   return per_row <= 0 ? kReferenceChunkElements : std::max<int64_t>(1, kReferenceChunkElements / per_row);
 }

@@ -70,6 +70,15 @@ int64_t option_code(const char* op, const char* option, c10::string_view value,
 // the code a GPU runs, for tests and comparisons.
 bool takes_reference_path(const char* op, c10::string_view path, const at::Tensor& t);
 bool reference_path_forced();
+// Whether an operator's autograd Function calls its reference functions itself instead of the
+// internal operators through the dispatcher: the reference path was chosen (`reference`, from
+// takes_reference_path), `t` is on the CPU (where the dispatcher would pick the fused kernel;
+// other devices reach the reference through the internal operators' CompositeExplicitAutograd
+// kernels) and holds real data with concrete sizes. Fake tensors (torch.compile, opcheck: the
+// Python or Functionalize keys) and symbolic sizes take the dispatcher, whose Meta kernels describe
+// the call: the reference's chunk loops and host reads need real sizes and values. A compiled
+// graph on CPU therefore runs the fused kernels (the same formula). One rule for every operator.
+bool calls_reference_directly(bool reference, const at::Tensor& t);
 
 // The reference path's working-set budget, in elements: a chunk of query rows (or channels) is
 // sized so that its largest temporary ([B, H, rows, N] logits, say) holds at most this many

@@ -18,14 +18,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-// Fake tensors (torch.compile, opcheck: the Python dispatch key) take the internal operators,
-// whose Meta kernels describe the call: the reference path's data-dependent steps (a host read of
-// which slices or pairs need care) cannot be traced. A compiled graph therefore runs the internal
-// operators, which on CPU are the fused kernels.
-inline bool traced(const at::Tensor& t) {
-  return t.key_set().has(c10::DispatchKey::Python) || t.key_set().has(c10::DispatchKey::Functionalize);
-}
-
 at::Tensor dropout_apply(const at::Tensor& x, double p, int64_t seed) {
   // Half precision: the same mask, the scaling in float32 (ops/common.h).
   if (is_half(x)) return as_dtype_of(dropout_apply(to_float32(x), p, seed), x);
@@ -65,7 +57,7 @@ at::Tensor dropout_impl(const at::Tensor& x, double p, int64_t seed, c10::string
   constexpr const char* op = "dropout";
   check_float_dtype(op, "x", x);
   // On CPU the reference is called directly; other devices reach it through the dispatcher.
-  const bool reference = takes_reference_path(op, path, x) && x.device().is_cpu() && !traced(x);
+  const bool reference = calls_reference_directly(takes_reference_path(op, path, x), x);
   if (!(p >= 0.0 && p <= kernels::kDropoutMaxP)) {
     std::ostringstream msg;
     msg.precision(17);

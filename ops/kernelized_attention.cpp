@@ -147,7 +147,7 @@ class KernelizedAttentionFunction
     static auto op = op_handle<decltype(forward_cpu)>("longattn::_kernelized_attention_forward");
     // The reference path on CPU is called directly (the dispatcher would pick the CPU kernel);
     // on other devices the dispatcher's CompositeExplicitAutograd kernel is the same function.
-    auto [out, inv] = reference && q.device().is_cpu()
+    auto [out, inv] = calls_reference_directly(reference, q)
                           ? reference::kernelized_attention_forward(q, k, v, mask, projection, feature_map, causal, eps)
                           : op.call(q, k, v, mask, projection, feature_map, causal, eps);
     ctx->save_for_backward({q, k, v, out, inv, saved(mask), saved(projection)});
@@ -162,7 +162,7 @@ class KernelizedAttentionFunction
                                                torch::autograd::tensor_list grads) {
     static auto op = op_handle<decltype(backward_cpu)>("longattn::_kernelized_attention_backward");
     auto s = ctx->get_saved_variables();
-    const bool reference = ctx->saved_data["reference"].toBool() && s[0].device().is_cpu();
+    const bool reference = calls_reference_directly(ctx->saved_data["reference"].toBool(), s[0]);
     const int64_t fm = ctx->saved_data["feature_map"].toInt();
     const bool causal = ctx->saved_data["causal"].toBool();
     const double eps = ctx->saved_data["eps"].toDouble();
@@ -323,7 +323,7 @@ class FeatureMapFunction : public torch::autograd::Function<FeatureMapFunction> 
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("longattn::_feature_map_forward", "")
                          .typed<decltype(feature_map_forward_cpu)>();
-    auto [phi, shift, argmax] = reference && x.device().is_cpu()
+    auto [phi, shift, argmax] = calls_reference_directly(reference, x)
                                     ? reference::feature_map_forward(x, feature_map, projection, mask)
                                     : op.call(x, feature_map, projection, mask);
     ctx->save_for_backward({x, phi, argmax, projection ? *projection : at::Tensor(),
@@ -345,7 +345,7 @@ class FeatureMapFunction : public torch::autograd::Function<FeatureMapFunction> 
     // phi(x) e^{-c} depends on c too (d phi / d c = -phi).
     gshift = gshift - (gphi * s[1]).sum(-1);
     const std::string& fm = ctx->saved_data["feature_map"].toStringRef();
-    at::Tensor gx = ctx->saved_data["reference"].toBool() && s[0].device().is_cpu()
+    at::Tensor gx = calls_reference_directly(ctx->saved_data["reference"].toBool(), s[0])
                         ? reference::feature_map_backward(gphi, gshift, s[0], s[1], s[2], fm, opt(s[3]), opt(s[4]))
                         : op.call(gphi, gshift, s[0], s[1], s[2], fm, opt(s[3]), opt(s[4]));
     return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

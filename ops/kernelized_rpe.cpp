@@ -155,7 +155,7 @@ class KernelizedRpeFunction : public torch::autograd::Function<KernelizedRpeFunc
                          .typed<decltype(forward_cpu)>();
     // The reference path on CPU is called directly (the dispatcher would pick the CPU kernel);
     // on other devices the dispatcher's CompositeExplicitAutograd kernel is the same function.
-    reference = reference && fq.device().is_cpu();
+    reference = calls_reference_directly(reference, fq);
     auto [out, den, direct] = reference ? reference::kernelized_rpe_forward(fq, fk, v, b, kls, els, mask, causal, eps)
                                         : op.call(fq, fk, v, b, kls, els, mask, causal, eps);
     ctx->save_for_backward({fq, fk, v, b, kls ? *kls : at::Tensor(), els ? *els : at::Tensor(), out,

@@ -134,7 +134,7 @@ class ShatterFunction : public torch::autograd::Function<ShatterFunction> {
                             bool use_reference) {
     static auto op = op_handle<decltype(forward_cpu)>("longattn::_shatter_attention_forward");
     auto [out, lse] =
-        reference::runs_here(use_reference, q)
+        calls_reference_directly(use_reference, q)
             ? reference::shatter_attention_forward(q, k, v, partition, mask, activation, causal, scale)
             : op.call(q, k, v, partition, mask, activation, causal, scale);
     ctx->save_for_backward({q, k, v, partition, out, lse, saved(mask)});
@@ -153,7 +153,7 @@ class ShatterFunction : public torch::autograd::Function<ShatterFunction> {
     const bool causal = ctx->saved_data["causal"].toBool();
     const double scale = ctx->saved_data["scale"].toDouble();
     auto [gq, gk, gv, gp] =
-        reference::runs_here(ctx->saved_data["reference"].toBool(), s[0])
+        calls_reference_directly(ctx->saved_data["reference"].toBool(), s[0])
             ? reference::shatter_attention_backward(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], unsaved(s[6]),
                                                     activation, causal, scale)
             : op.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], unsaved(s[6]), activation, causal, scale);

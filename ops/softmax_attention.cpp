@@ -118,7 +118,7 @@ class SoftmaxAttentionFunction : public torch::autograd::Function<SoftmaxAttenti
                             const at::Tensor& k, const at::Tensor& v, const OptTensor& mask,
                             const OptTensor& bias, bool causal, double scale, bool use_reference) {
     static auto op = op_handle<decltype(forward_cpu)>("longattn::_softmax_attention_forward");
-    auto [out, lse] = reference::runs_here(use_reference, q)
+    auto [out, lse] = calls_reference_directly(use_reference, q)
                           ? reference::softmax_attention_forward(q, k, v, mask, bias, causal, scale)
                           : op.call(q, k, v, mask, bias, causal, scale);
     ctx->save_for_backward({q, k, v, out, lse, saved(mask), saved(bias)});
@@ -136,7 +136,7 @@ class SoftmaxAttentionFunction : public torch::autograd::Function<SoftmaxAttenti
     const bool causal = ctx->saved_data["causal"].toBool();
     const double scale = ctx->saved_data["scale"].toDouble();
     auto [gq, gk, gv, gb] =
-        reference::runs_here(ctx->saved_data["reference"].toBool(), s[0])
+        calls_reference_directly(ctx->saved_data["reference"].toBool(), s[0])
             ? reference::softmax_attention_backward(grads[0], s[0], s[1], s[2], s[3], s[4], unsaved(s[5]),
                                                     bias, causal, scale)
             : op.call(grads[0], s[0], s[1], s[2], s[3], s[4], unsaved(s[5]), bias, causal, scale);

@@ -16,14 +16,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-// Fake tensors (torch.compile, opcheck: the Python dispatch key) take the internal operators,
-// whose Meta kernels describe the call: the reference path's data-dependent steps (a host read of
-// which slices or pairs need care) cannot be traced. A compiled graph therefore runs the internal
-// operators, which on CPU are the fused kernels.
-inline bool traced(const at::Tensor& t) {
-  return t.key_set().has(c10::DispatchKey::Python) || t.key_set().has(c10::DispatchKey::Functionalize);
-}
-
 // The internal operators take the path as its kernels::ToeplitzPath code.
 kernels::ToeplitzPath path_from(int64_t code) { return static_cast<kernels::ToeplitzPath>(code); }
 
@@ -39,9 +31,10 @@ struct PathChoice {
 
 PathChoice path_choice(const char* op, c10::string_view path, const at::Tensor& x) {
   const int64_t code = option_code(op, "path", path, {"auto", "direct", "fft", "reference"});
-  const bool reference = code == 3 || reference_path_forced() || !(x.device().is_cpu() || x.device().is_meta());
+  // "reference", or the rule every operator follows for the others (ops/common.h).
+  const bool reference = code == 3 || takes_reference_path(op, "fused", x);
   return {reference ? int64_t(kernels::ToeplitzPath::Auto) : code,
-          reference && x.device().is_cpu() && !traced(x)};
+          calls_reference_directly(reference, x)};
 }
 
 // ------------------------------------------------------------------------------------- 1-D

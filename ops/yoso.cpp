@@ -13,14 +13,6 @@
 namespace longattn::ops {
 namespace {
 
-// Fake tensors (torch.compile, opcheck: the Python dispatch key) take the internal operators,
-// whose Meta kernels describe the call: the reference path's data-dependent steps (a host read of
-// which slices or pairs need care) cannot be traced. A compiled graph therefore runs the internal
-// operators, which on CPU are the fused kernels.
-inline bool traced(const at::Tensor& t) {
-  return t.key_set().has(c10::DispatchKey::Python) || t.key_set().has(c10::DispatchKey::Functionalize);
-}
-
 constexpr const char* kOp = "yoso_attention";
 constexpr const char* kOpE = "yoso_expectation";
 
@@ -289,7 +281,7 @@ at::Tensor yoso_attention_impl(const at::Tensor& q, const at::Tensor& k, const a
                                c10::string_view backward, c10::string_view path) {
   OptTensor mask = check_common(kOp, q, k, v, key_padding_mask, hash_bits);
   // On CPU the reference is called directly; other devices reach it through the dispatcher.
-  const bool reference = takes_reference_path(kOp, path, q) && q.device().is_cpu() && !traced(q);
+  const bool reference = calls_reference_directly(takes_reference_path(kOp, path, q), q);
   // The codes take 4·B·H·m·(Nq + Nk) bytes (kept for the backward): m is capped to keep an
   // accidental huge value from trying to allocate terabytes.
   constexpr int64_t kMaxHashes = 1 << 16;
@@ -309,7 +301,7 @@ at::Tensor yoso_expectation_impl(const at::Tensor& q, const at::Tensor& k, const
                                  int64_t hash_bits, const OptTensor& key_padding_mask,
                                  c10::string_view backward, c10::string_view path) {
   OptTensor mask = check_common(kOpE, q, k, v, key_padding_mask, hash_bits);
-  const bool reference = takes_reference_path(kOpE, path, q) && q.device().is_cpu() && !traced(q);
+  const bool reference = calls_reference_directly(takes_reference_path(kOpE, path, q), q);
   // Codes in the order of kernels::YosoDerivative.
   const int64_t d = option_code(kOpE, "backward", backward, {"exact", "surrogate"});
   const at::Tensor qz = q.size(2) == k.size(2) ? zero_masked_rows(q, mask, 2) : q;

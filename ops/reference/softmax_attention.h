@@ -11,15 +11,6 @@
 
 namespace longattn::ops::reference {
 
-// Whether an operator's autograd Function calls its reference functions itself: when the
-// reference path was chosen (ops::takes_reference_path) and t has concrete sizes. Tensors with
-// symbolic sizes (torch.compile with dynamic shapes) go through the dispatcher instead, whose
-// Meta kernel describes the same shapes; the reference's chunk loop needs concrete sizes. (On
-// CPU such a compiled graph then runs the fused kernel: the same formula.)
-inline bool runs_here(bool reference, const at::Tensor& t) {
-  return reference && !t.is_meta() && !t.unsafeGetTensorImpl()->has_symbolic_sizes_strides();
-}
-
 // (out [B, H, Nq, Dv], lse [B, H, Nq]); lse is the natural log of the row's softmax
 // denominator including the row max, -inf (and out 0) for a row with no key taking part.
 std::tuple<at::Tensor, at::Tensor> softmax_attention_forward(const at::Tensor& q, const at::Tensor& k,
